@@ -1,0 +1,164 @@
+//! Keys and authenticated encryption.
+//!
+//! All content keys come from the [`RepoKey`] through BLAKE3 `derive_key`,
+//! one context string per purpose, so no key ever serves two purposes.
+//! Secrets zeroize on drop and print as `RepoKey(..)`.
+
+use std::fmt;
+
+use chacha20poly1305::aead::{AeadInPlace, KeyInit};
+use chacha20poly1305::{Tag, XChaCha20Poly1305, XNonce};
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
+use crate::error::{DecodeError, StoreError};
+
+/// Length of an XChaCha20-Poly1305 nonce.
+pub const NONCE_LEN: usize = 24;
+/// Length of a Poly1305 tag.
+pub const TAG_LEN: usize = 16;
+
+const CTX_CHUNK: &str = "dbox 2026-11-22 chunk encryption key v1";
+const CTX_TREE: &str = "dbox 2026-11-22 tree encryption key v1";
+const CTX_NONCE: &str = "dbox 2026-11-22 object nonce key v1";
+const CTX_PACK: &str = "dbox 2026-11-22 pack header key v1";
+const CTX_INFO: &str = "dbox 2026-11-22 version info key v1";
+
+/// A repository's 32-byte secret, held by members only.
+#[derive(Clone, Zeroize, ZeroizeOnDrop, PartialEq, Eq)]
+pub struct RepoKey([u8; 32]);
+
+impl RepoKey {
+    /// Wraps existing key bytes.
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    /// Makes a new random key from the operating system's random source.
+    pub fn generate() -> Result<Self, StoreError> {
+        let mut b = [0u8; 32];
+        fill_random(&mut b)?;
+        Ok(Self(b))
+    }
+
+    /// The secret bytes (for writing the key file or sending to a member).
+    pub fn expose_secret(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for RepoKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RepoKey(..)")
+    }
+}
+
+/// Fills `buf` from the operating system's random source.
+pub fn fill_random(buf: &mut [u8]) -> Result<(), StoreError> {
+    getrandom::getrandom(buf).map_err(|e| StoreError::Random(e.to_string()))
+}
+
+/// An AEAD key for one purpose.
+#[derive(Clone)]
+pub struct AeadKey(XChaCha20Poly1305);
+
+impl AeadKey {
+    fn derive(context: &str, key: &RepoKey) -> Self {
+        let mut k = blake3::derive_key(context, &key.0);
+        let cipher = XChaCha20Poly1305::new((&k).into());
+        k.zeroize();
+        Self(cipher)
+    }
+
+    /// Encrypts `buf` in place and returns the tag.
+    pub fn seal_in_place(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], buf: &mut [u8]) -> [u8; TAG_LEN] {
+        let tag = self
+            .0
+            .encrypt_in_place_detached(XNonce::from_slice(nonce), aad, buf)
+            .expect("XChaCha20-Poly1305 encrypts any buffer below 256 GiB");
+        tag.into()
+    }
+
+    /// Decrypts `buf` in place, checking `tag`.
+    pub fn open_in_place(
+        &self,
+        nonce: &[u8],
+        aad: &[u8],
+        buf: &mut [u8],
+        tag: &[u8],
+    ) -> Result<(), DecodeError> {
+        if nonce.len() != NONCE_LEN || tag.len() != TAG_LEN {
+            return Err(DecodeError::Decrypt);
+        }
+        self.0
+            .decrypt_in_place_detached(XNonce::from_slice(nonce), aad, buf, Tag::from_slice(tag))
+            .map_err(|_| DecodeError::Decrypt)
+    }
+
+    /// Encrypts `plain` with a random nonce: `nonce || ciphertext || tag`.
+    pub fn seal_random(&self, aad: &[u8], plain: &[u8]) -> Result<Vec<u8>, StoreError> {
+        let mut nonce = [0u8; NONCE_LEN];
+        fill_random(&mut nonce)?;
+        let mut out = Vec::with_capacity(NONCE_LEN + plain.len() + TAG_LEN);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(plain);
+        let tag = self.seal_in_place(&nonce, aad, &mut out[NONCE_LEN..]);
+        out.extend_from_slice(&tag);
+        Ok(out)
+    }
+
+    /// Opens `nonce || ciphertext || tag` made by [`AeadKey::seal_random`].
+    pub fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, DecodeError> {
+        if sealed.len() < NONCE_LEN + TAG_LEN {
+            return Err(DecodeError::Truncated {
+                what: "sealed block",
+                needed: NONCE_LEN + TAG_LEN,
+                available: sealed.len(),
+            });
+        }
+        let (nonce, rest) = sealed.split_at(NONCE_LEN);
+        let (ct, tag) = rest.split_at(rest.len() - TAG_LEN);
+        let mut buf = ct.to_vec();
+        self.open_in_place(nonce, aad, &mut buf, tag)?;
+        Ok(buf)
+    }
+}
+
+impl fmt::Debug for AeadKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AeadKey(..)")
+    }
+}
+
+/// Every key derived from one [`RepoKey`].
+#[derive(Clone)]
+pub struct Keys {
+    pub(crate) chunk: AeadKey,
+    pub(crate) tree: AeadKey,
+    pub(crate) nonce: NonceKey,
+    pub(crate) pack: AeadKey,
+    /// Key of the sealed (member-only) block of versions.
+    pub info: AeadKey,
+}
+
+/// The keyed-hash key that derives deterministic object nonces.
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+pub(crate) struct NonceKey(pub(crate) [u8; 32]);
+
+impl Keys {
+    /// Derives every key from the repo key.
+    pub fn derive(key: &RepoKey) -> Self {
+        Self {
+            chunk: AeadKey::derive(CTX_CHUNK, key),
+            tree: AeadKey::derive(CTX_TREE, key),
+            nonce: NonceKey(blake3::derive_key(CTX_NONCE, &key.0)),
+            pack: AeadKey::derive(CTX_PACK, key),
+            info: AeadKey::derive(CTX_INFO, key),
+        }
+    }
+}
+
+impl fmt::Debug for Keys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Keys(..)")
+    }
+}

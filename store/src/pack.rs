@@ -1,0 +1,268 @@
+//! Sealed packs: many stored objects in one file whose header is encrypted
+//! and whose length is padded. See the crate docs for the layout.
+//!
+//! [`PackBuilder`] collects objects in memory (a pack is at most
+//! [`PACK_TARGET_SIZE`](crate::limits::PACK_TARGET_SIZE) plus one object) and
+//! [`PackBuilder::seal`] produces the final bytes and id. [`read_header`]
+//! reads back which objects a pack holds, given the repo key.
+
+use crate::crypto::{fill_random, Keys, NONCE_LEN, TAG_LEN};
+use crate::error::{DecodeError, StoreError};
+use crate::id::{ObjectId, PackId};
+use crate::limits::{MAX_OBJECT_SIZE, MAX_PACK_OBJECTS, MAX_PACK_SIZE};
+use crate::vfs::ReadAt;
+
+/// First bytes of every pack.
+pub const PACK_MAGIC: &[u8; 8] = b"DBOXPACK";
+/// Pack format version.
+pub const PACK_FORMAT: u32 = 1;
+/// Length of magic and version.
+pub const PACK_PREFIX_LEN: usize = 12;
+/// Length of the encrypted trailer.
+pub const TRAILER_LEN: usize = NONCE_LEN + 16 + TAG_LEN;
+const ENTRY_LEN: usize = 32 + 8 + 4;
+const HEADER_AAD: &[u8] = b"dbox pack header v1";
+const TRAILER_AAD: &[u8] = b"dbox pack trailer v1";
+
+/// Where an object lies in a pack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PackEntry {
+    /// The object.
+    pub id: ObjectId,
+    /// Offset of its stored bytes in the pack.
+    pub offset: u64,
+    /// Length of its stored bytes.
+    pub len: u32,
+}
+
+/// The Padmé padded length of `len`: at most 12 % more, and leaking only
+/// O(log log len) bits of the true length.
+pub fn padme(len: u64) -> u64 {
+    if len < 2 {
+        return len;
+    }
+    let e = 63 - u64::from(len.leading_zeros());
+    let s = 64 - u64::from(e.leading_zeros());
+    let last_bits = e - s;
+    let mask = (1u64 << last_bits) - 1;
+    (len + mask) & !mask
+}
+
+/// A pack being filled.
+#[derive(Debug)]
+pub struct PackBuilder {
+    buf: Vec<u8>,
+    entries: Vec<PackEntry>,
+}
+
+impl Default for PackBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PackBuilder {
+    /// An empty pack.
+    pub fn new() -> Self {
+        let mut buf = Vec::new();
+        buf.extend_from_slice(PACK_MAGIC);
+        buf.extend_from_slice(&PACK_FORMAT.to_le_bytes());
+        Self { buf, entries: Vec::new() }
+    }
+
+    /// Appends an object's stored bytes.
+    pub fn push(&mut self, id: ObjectId, stored: &[u8]) -> PackEntry {
+        let entry = PackEntry {
+            id,
+            offset: self.buf.len() as u64,
+            len: u32::try_from(stored.len()).expect("objects are limited far below 4 GiB"),
+        };
+        self.buf.extend_from_slice(stored);
+        self.entries.push(entry);
+        entry
+    }
+
+    /// Bytes of objects so far (plus the 12-byte prefix).
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Whether no object was pushed.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The stored bytes of an object pushed earlier.
+    pub fn get(&self, entry: &PackEntry) -> &[u8] {
+        let start = entry.offset as usize;
+        &self.buf[start..start + entry.len as usize]
+    }
+
+    /// The bytes so far: prefix and objects.
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// The entries so far.
+    pub fn entries(&self) -> &[PackEntry] {
+        &self.entries
+    }
+
+    /// Makes the encrypted header, padding and trailer that finish this
+    /// pack, and the id of the finished pack. The builder is left as it
+    /// was, so a failed write can be retried; the pack file is
+    /// [`PackBuilder::bytes`] followed by the returned tail.
+    pub fn seal(&self, keys: &Keys) -> Result<(PackId, Vec<u8>), StoreError> {
+        let header_offset = self.buf.len() as u64;
+        let mut plain = Vec::with_capacity(8 + self.entries.len() * ENTRY_LEN);
+        plain.extend_from_slice(&PACK_FORMAT.to_le_bytes());
+        plain.extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
+        for e in &self.entries {
+            plain.extend_from_slice(e.id.as_bytes());
+            plain.extend_from_slice(&e.offset.to_le_bytes());
+            plain.extend_from_slice(&e.len.to_le_bytes());
+        }
+        let mut tail = keys.pack.seal_random(&aad(HEADER_AAD), &plain)?;
+        let header_len = tail.len() as u64;
+        let unpadded = header_offset + header_len + TRAILER_LEN as u64;
+        let pad = (padme(unpadded) - unpadded) as usize;
+        let start = tail.len();
+        tail.resize(start + pad, 0);
+        fill_random(&mut tail[start..])?;
+        let mut t = [0u8; 16];
+        t[..8].copy_from_slice(&header_offset.to_le_bytes());
+        t[8..].copy_from_slice(&header_len.to_le_bytes());
+        tail.extend_from_slice(&keys.pack.seal_random(&aad(TRAILER_AAD), &t)?);
+        let mut h = blake3::Hasher::new();
+        h.update(&self.buf);
+        h.update(&tail);
+        Ok((PackId(*h.finalize().as_bytes()), tail))
+    }
+}
+
+fn aad(label: &[u8]) -> Vec<u8> {
+    let mut a = label.to_vec();
+    a.extend_from_slice(PACK_MAGIC);
+    a.extend_from_slice(&PACK_FORMAT.to_le_bytes());
+    a
+}
+
+fn read_at(file: &dyn ReadAt, offset: u64, len: usize) -> Result<Vec<u8>, DecodeError> {
+    let mut buf = vec![0; len];
+    file.read_exact_at(&mut buf, offset)
+        .map_err(|e| DecodeError::Invalid(format!("read at {offset}: {e}")))?;
+    Ok(buf)
+}
+
+/// Reads and decrypts the header of the pack in `file` (of length `len`),
+/// checking every entry against the pack's bounds.
+pub fn read_header(file: &dyn ReadAt, len: u64, keys: &Keys) -> Result<Vec<PackEntry>, DecodeError> {
+    let min = (PACK_PREFIX_LEN + TRAILER_LEN) as u64;
+    if len < min {
+        return Err(DecodeError::Truncated { what: "pack", needed: min as usize, available: len as usize });
+    }
+    if len > MAX_PACK_SIZE {
+        return Err(DecodeError::TooLarge { what: "pack", size: len, limit: MAX_PACK_SIZE });
+    }
+    let prefix = read_at(file, 0, PACK_PREFIX_LEN)?;
+    if &prefix[..8] != PACK_MAGIC {
+        return Err(DecodeError::BadMagic { what: "pack" });
+    }
+    let version = u32::from_le_bytes([prefix[8], prefix[9], prefix[10], prefix[11]]);
+    if version != PACK_FORMAT {
+        return Err(DecodeError::UnsupportedVersion { what: "pack", found: version });
+    }
+    let trailer = read_at(file, len - TRAILER_LEN as u64, TRAILER_LEN)?;
+    let t = keys.pack.open(&aad(TRAILER_AAD), &trailer)?;
+    let header_offset = u64::from_le_bytes(t[..8].try_into().map_err(|_| DecodeError::Decrypt)?);
+    let header_len = u64::from_le_bytes(t[8..16].try_into().map_err(|_| DecodeError::Decrypt)?);
+    let max_header = (NONCE_LEN + TAG_LEN + 8 + MAX_PACK_OBJECTS * ENTRY_LEN) as u64;
+    let body_end = len - TRAILER_LEN as u64;
+    if header_offset < PACK_PREFIX_LEN as u64
+        || header_len > max_header
+        || header_offset.checked_add(header_len).is_none_or(|end| end > body_end)
+    {
+        return Err(DecodeError::Invalid("pack trailer points outside the pack".into()));
+    }
+    let sealed = read_at(file, header_offset, header_len as usize)?;
+    let plain = keys.pack.open(&aad(HEADER_AAD), &sealed)?;
+    if plain.len() < 8 {
+        return Err(DecodeError::Truncated { what: "pack header", needed: 8, available: plain.len() });
+    }
+    let version = u32::from_le_bytes([plain[0], plain[1], plain[2], plain[3]]);
+    if version != PACK_FORMAT {
+        return Err(DecodeError::UnsupportedVersion { what: "pack header", found: version });
+    }
+    let count = u32::from_le_bytes([plain[4], plain[5], plain[6], plain[7]]) as usize;
+    if count > MAX_PACK_OBJECTS || plain.len() != 8 + count * ENTRY_LEN {
+        return Err(DecodeError::Invalid("pack header length does not match its count".into()));
+    }
+    let mut entries = Vec::with_capacity(count);
+    let mut expected_offset = PACK_PREFIX_LEN as u64;
+    for rec in plain[8..].chunks_exact(ENTRY_LEN) {
+        let id = ObjectId::from_slice(&rec[..32]).ok_or(DecodeError::Decrypt)?;
+        let offset = u64::from_le_bytes(rec[32..40].try_into().map_err(|_| DecodeError::Decrypt)?);
+        let len = u32::from_le_bytes(rec[40..44].try_into().map_err(|_| DecodeError::Decrypt)?);
+        if offset != expected_offset || len as usize > MAX_OBJECT_SIZE {
+            return Err(DecodeError::Invalid("pack header entries are not contiguous".into()));
+        }
+        expected_offset += u64::from(len);
+        entries.push(PackEntry { id, offset, len });
+    }
+    if expected_offset != header_offset {
+        return Err(DecodeError::Invalid("pack header entries do not end at the header".into()));
+    }
+    Ok(entries)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::RepoKey;
+    use std::io;
+
+    struct Mem(Vec<u8>);
+    impl ReadAt for Mem {
+        fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+            let start = usize::try_from(offset).map_err(io::Error::other)?;
+            let src = self
+                .0
+                .get(start..start + buf.len())
+                .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
+            buf.copy_from_slice(src);
+            Ok(())
+        }
+        fn len(&self) -> io::Result<u64> {
+            Ok(self.0.len() as u64)
+        }
+    }
+
+    #[test]
+    fn padme_bounds() {
+        for len in [0u64, 1, 2, 3, 100, 1000, 65_537, 1 << 25, (1 << 25) + 1, 40_000_000] {
+            let p = padme(len);
+            assert!(p >= len);
+            assert!(p as f64 <= len as f64 * 1.12 + 1.0, "{len} -> {p}");
+        }
+        assert_eq!(padme((1 << 25) + 1), (1 << 25) + (1 << 20));
+    }
+
+    #[test]
+    fn seal_and_read_back() -> Result<(), Box<dyn std::error::Error>> {
+        let keys = Keys::derive(&RepoKey::from_bytes([1; 32]));
+        let mut b = PackBuilder::new();
+        let e1 = b.push(ObjectId([1; 32]), b"hello");
+        let e2 = b.push(ObjectId([2; 32]), b"world!");
+        let (id, tail) = b.seal(&keys)?;
+        let bytes = [b.bytes(), &tail[..]].concat();
+        assert_eq!(id.0, *blake3::hash(&bytes).as_bytes());
+        assert_eq!(bytes.len() as u64, padme(bytes.len() as u64));
+        let entries = b.entries().to_vec();
+        assert_eq!(entries, vec![e1, e2]);
+        let mem = Mem(bytes.clone());
+        assert_eq!(read_header(&mem, bytes.len() as u64, &keys)?, entries);
+        let other = Keys::derive(&RepoKey::from_bytes([2; 32]));
+        assert!(read_header(&mem, bytes.len() as u64, &other).is_err());
+        Ok(())
+    }
+}
