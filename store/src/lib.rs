@@ -155,6 +155,7 @@ pub mod crypto;
 pub mod error;
 pub mod id;
 pub mod index;
+pub mod keyfile;
 pub mod limits;
 pub mod object;
 pub mod pack;

@@ -19,6 +19,7 @@ use crate::crypto::{Keys, RepoKey};
 use crate::error::{DecodeError, StoreError};
 use crate::id::{ObjectId, PackId, RepoId, VersionId};
 use crate::index::{merged, plan_merge, write_segment, Location, Segment};
+use crate::keyfile::{decode_key_file, encode_key_file};
 use crate::limits::{MAX_CHUNK_SIZE, MAX_OBJECT_SIZE, MAX_TREE_SIZE, PACK_TARGET_SIZE};
 use crate::object::{self, ObjectKind};
 use crate::pack::{read_header, PackBuilder, PackEntry};
@@ -26,9 +27,6 @@ use crate::tree::Tree;
 use crate::version::SignedVersion;
 use crate::vfs::{LockGuard, OsFs, ReadAt, Vfs};
 
-const KEY_MAGIC: &[u8; 8] = b"DBOXKEY\0";
-const KEY_FORMAT: u32 = 1;
-const KEY_FILE_LEN: usize = 8 + 4 + 32 + 32 + 32;
 /// Most pack files kept open for reading at once.
 const OPEN_PACKS: usize = 128;
 
@@ -109,39 +107,6 @@ pub(crate) fn parse_name(name: &std::ffi::OsStr, ext: &str) -> Option<[u8; 32]> 
     let mut out = [0u8; 32];
     hex::decode_to_slice(hex_part, &mut out).ok()?;
     Some(out)
-}
-
-fn encode_key_file(repo: &RepoId, key: &RepoKey) -> Vec<u8> {
-    let mut b = Vec::with_capacity(KEY_FILE_LEN);
-    b.extend_from_slice(KEY_MAGIC);
-    b.extend_from_slice(&KEY_FORMAT.to_le_bytes());
-    b.extend_from_slice(repo.as_bytes());
-    b.extend_from_slice(key.expose_secret());
-    let check = blake3::hash(&b);
-    b.extend_from_slice(check.as_bytes());
-    b
-}
-
-fn decode_key_file(b: &[u8]) -> Result<(RepoId, RepoKey), DecodeError> {
-    if b.len() < 12 {
-        return Err(DecodeError::Truncated { what: "key file", needed: KEY_FILE_LEN, available: b.len() });
-    }
-    if &b[..8] != KEY_MAGIC {
-        return Err(DecodeError::BadMagic { what: "key file" });
-    }
-    let version = u32::from_le_bytes([b[8], b[9], b[10], b[11]]);
-    if version != KEY_FORMAT {
-        return Err(DecodeError::UnsupportedVersion { what: "key file", found: version });
-    }
-    if b.len() != KEY_FILE_LEN {
-        return Err(DecodeError::Invalid(format!("key file is {} bytes, not {KEY_FILE_LEN}", b.len())));
-    }
-    if blake3::hash(&b[..76]).as_bytes() != &b[76..] {
-        return Err(DecodeError::HashMismatch { actual: "key file check".into() });
-    }
-    let repo = RepoId::from_slice(&b[12..44]).ok_or(DecodeError::Invalid("repository id".into()))?;
-    let key: [u8; 32] = b[44..76].try_into().map_err(|_| DecodeError::Invalid("repo key".into()))?;
-    Ok((repo, RepoKey::from_bytes(key)))
 }
 
 impl Store {
