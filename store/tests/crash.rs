@@ -39,7 +39,7 @@ fn crash_child() -> TestResult {
     let w = store.writer_wait(Duration::from_secs(20))?;
     for i in 0..CHILD_MAX_OBJECTS {
         w.put_chunk(&object_data(round, i))?;
-        if (i + round) % 3 == 0 {
+        if (i + round).is_multiple_of(3) {
             w.flush()?;
             println!("ACK {i}");
         }

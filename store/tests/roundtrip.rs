@@ -92,7 +92,7 @@ fn unflushed_objects_vanish_flushed_survive() -> TestResult {
     let kept = w.put_chunk(b"flushed")?;
     w.flush()?;
     let lost = w.put_chunk(b"never flushed")?;
-    assert_eq!(w.get_raw(&lost)?.len() > 0, true, "the writer reads its own open pack");
+    assert!(!w.get_raw(&lost)?.is_empty(), "the writer reads its own open pack");
     drop(w);
     let s = Store::open(dir.path(), options())?;
     assert_eq!(s.get_chunk(&kept)?, b"flushed");
