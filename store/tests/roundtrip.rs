@@ -135,7 +135,7 @@ fn trees_and_versions_round_trip() -> TestResult {
     // Kinds are not interchangeable.
     assert!(s.get_chunk(&root).is_err());
     assert!(s.get_tree(&file.chunks[0]).is_err());
-    assert!(s.get_version(&vid.into()).is_ok());
+    assert!(s.get_raw(&vid.into()).is_ok());
     Ok(())
 }
 
