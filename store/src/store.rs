@@ -114,16 +114,24 @@ impl Store {
     /// `repo` with key `key`.
     pub fn create(root: &Path, repo: RepoId, key: &RepoKey, opts: StoreOptions) -> Result<Self, StoreError> {
         let vfs = opts.vfs.clone();
-        let key_path = root.join("key");
-        if vfs.exists(&key_path).map_err(StoreError::io("stat", &key_path))? {
-            return Err(StoreError::AlreadyExists { path: root.to_path_buf() });
-        }
         for d in ["packs", "index", "tmp"] {
             let p = root.join(d);
             vfs.create_dir_all(&p).map_err(StoreError::io("create directory", &p))?;
         }
         vfs.sync_dir(root).map_err(StoreError::io("fsync directory", root))?;
+        // Hold the writer lock so that two concurrent creates cannot both
+        // write a key file: the second finds the first's.
+        let lock = root.join("lock");
+        let _guard = vfs
+            .try_lock(&lock, std::process::id())
+            .map_err(StoreError::io("lock", &lock))?
+            .ok_or_else(|| StoreError::AlreadyExists { path: root.to_path_buf() })?;
+        let key_path = root.join("key");
+        if vfs.exists(&key_path).map_err(StoreError::io("stat", &key_path))? {
+            return Err(StoreError::AlreadyExists { path: root.to_path_buf() });
+        }
         write_file(&*vfs, &root.join("tmp"), &key_path, &encode_key_file(&repo, key))?;
+        drop(_guard);
         Self::open(root, opts)
     }
 
@@ -248,10 +256,6 @@ impl Store {
             }
         }
         Ok(IndexState { segments, extra, uncovered, problems })
-    }
-
-    pub(crate) fn uncovered_count(&self) -> u64 {
-        self.read_state().uncovered.len() as u64
     }
 
     /// Ids of all pack files present.

@@ -12,6 +12,7 @@ use std::fmt;
 use crate::error::StoreError;
 use crate::id::{ObjectId, PackId};
 use crate::index::{Location, Segment};
+use crate::keyfile::decode_key_file;
 use crate::object::{self, ObjectKind};
 use crate::store::{error_chain, pack_path, parse_name, Store};
 use crate::tree::Tree;
@@ -76,10 +77,14 @@ impl Store {
         let mut report = VerifyReport::default();
 
         let key_path = inner.root.join("key");
-        if let Err(e) =
-            Store::open(&inner.root, crate::StoreOptions { vfs: inner.vfs.clone(), ..Default::default() })
-        {
-            report.problem(key_path.display().to_string(), error_chain(&e));
+        match vfs.read_file(&key_path) {
+            Ok(bytes) => match decode_key_file(&bytes) {
+                Ok((repo, key)) if repo == self.repo_id() && &key == self.repo_key() => {}
+                Ok(_) => report
+                    .problem(key_path.display().to_string(), "key file changed since the store was opened"),
+                Err(e) => report.problem(key_path.display().to_string(), e.to_string()),
+            },
+            Err(e) => report.problem(key_path.display().to_string(), format!("cannot read: {e}")),
         }
 
         // Packs and their objects.
@@ -151,6 +156,7 @@ impl Store {
         }
 
         // Index segments against the packs.
+        let mut covered = std::collections::HashSet::new();
         let index_dir = inner.root.join("index");
         for name in vfs.list_dir(&index_dir).map_err(StoreError::io("list", &index_dir))? {
             let path = index_dir.join(&name);
@@ -166,6 +172,7 @@ impl Store {
                     continue;
                 }
             };
+            covered.extend(seg.packs().iter().copied());
             if let Err(e) = seg.check_file() {
                 report.problem(path.display().to_string(), error_chain(&e));
                 continue;
@@ -181,19 +188,8 @@ impl Store {
                 }
             }
         }
-        report.unindexed_packs = self.read_uncovered_count();
+        report.unindexed_packs = packs.iter().filter(|p| !covered.contains(*p)).count() as u64;
         Ok(report)
-    }
-
-    fn read_uncovered_count(&self) -> u64 {
-        // Re-derive from disk rather than trusting in-memory state.
-        match Store::open(
-            &self.inner.root,
-            crate::StoreOptions { vfs: self.inner.vfs.clone(), ..Default::default() },
-        ) {
-            Ok(s) => s.uncovered_count(),
-            Err(_) => 0,
-        }
     }
 }
 
