@@ -1,8 +1,25 @@
 //! `dbox`: version control for whole folders whose remotes are peers.
 //!
-//! This crate will hold repositories and working trees, the version graph,
-//! identities, and sync. Today it re-exports the object store, which is the
-//! layer everything else stands on; see [`dbox_store`] for the on-disk
-//! format.
+//! This crate holds repositories and working trees ([`repo`],
+//! [`worktree`], [`cache`]), snapshots and status ([`snapshot`]), writing
+//! versions back to disk ([`materialize`]), the version graph ([`graph`]),
+//! the device identity ([`identity`]) and integrity checks ([`fsck`]). The
+//! object store underneath is the crate [`dbox_store`], re-exported as
+//! [`store`]; its docs are the on-disk format specification.
+//!
+//! Nothing here does network I/O.
+
+pub mod cache;
+pub mod error;
+pub mod fsck;
+mod fsutil;
+pub mod graph;
+pub mod identity;
+pub mod materialize;
+pub mod repo;
+pub mod snapshot;
+pub mod worktree;
 
 pub use dbox_store as store;
+pub use error::{RepoError, Result};
+pub use repo::Repo;

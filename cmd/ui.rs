@@ -1,0 +1,47 @@
+//! All terminal output: stdout for results, stderr for messages. Commands
+//! write through [`Ui`] so output can be captured in tests; nothing else
+//! prints.
+
+use std::io::{self, Write};
+
+/// Where output goes.
+pub struct Ui {
+    out: Box<dyn Write>,
+    err: Box<dyn Write>,
+}
+
+impl Ui {
+    /// The process's stdout and stderr.
+    pub fn terminal() -> Self {
+        Self { out: Box::new(io::BufWriter::new(io::stdout())), err: Box::new(io::stderr()) }
+    }
+
+    /// Results, for scripts and pipes.
+    pub fn out(&mut self) -> &mut dyn Write {
+        &mut *self.out
+    }
+
+    /// Writes a line of results.
+    pub fn line(&mut self, text: impl AsRef<str>) -> io::Result<()> {
+        writeln!(self.out, "{}", text.as_ref())
+    }
+
+    /// Writes a message line to stderr.
+    pub fn note(&mut self, text: impl AsRef<str>) -> io::Result<()> {
+        // Keep results and messages in order on a shared terminal.
+        self.out.flush()?;
+        writeln!(self.err, "{}", text.as_ref())
+    }
+
+    /// Writes a JSON value as one line.
+    pub fn json(&mut self, value: &serde_json::Value) -> io::Result<()> {
+        serde_json::to_writer_pretty(&mut *self.out, value).map_err(io::Error::other)?;
+        writeln!(self.out)
+    }
+
+    /// Flushes stdout.
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()?;
+        self.err.flush()
+    }
+}

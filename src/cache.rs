@@ -1,0 +1,268 @@
+//! The stat cache (`.dbox/cache`): HEAD's files, folders and links with the
+//! `lstat` data their working-tree copies had when they last matched HEAD.
+//!
+//! `status` and `commit` trust an entry whose `lstat` data is unchanged and
+//! rehash only the rest, as git's index does. An entry is *racy* — and
+//! rehashed anyway — when its mtime is within [`RACY_NS`] of the moment the
+//! cache was written, since a write in the same clock tick would leave the
+//! mtime unchanged.
+//!
+//! The cache is only a hint: a missing or damaged cache is rebuilt from
+//! HEAD, never an error. Layout (little endian): magic `DBOXCACH`, version
+//! u32 (1), HEAD id (32, zeros for none), written-at ns i64, count u32, then
+//! per entry: path length u16, path, kind u8 (0 file, 1 dir, 2 symlink),
+//! executable u8, size u64, mtime i64, ctime i64, inode u64, mode u32, then
+//! for files a chunk count u32 and chunk ids, for symlinks a target length
+//! u16 and target; last, BLAKE3 of everything before.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use dbox_store::limits::{MAX_PATH_LEN, MAX_TREE_ENTRIES};
+use dbox_store::{ObjectId, VersionId};
+
+use crate::error::Result;
+use crate::fsutil::write_atomic;
+use crate::worktree::{Kind, Stat};
+
+const MAGIC: &[u8; 8] = b"DBOXCACH";
+const FORMAT: u32 = 1;
+/// Entries modified this close to the cache's writing are rehashed.
+pub const RACY_NS: i64 = 2_000_000_000;
+
+/// What HEAD holds at a path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Content {
+    /// A file's chunks and executable bit.
+    File {
+        /// Size.
+        size: u64,
+        /// Chunk ids.
+        chunks: Vec<ObjectId>,
+        /// Executable bit.
+        executable: bool,
+    },
+    /// A folder.
+    Dir,
+    /// A symbolic link's target.
+    Symlink(Vec<u8>),
+}
+
+impl Content {
+    /// The kind of this content.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Content::File { .. } => Kind::File,
+            Content::Dir => Kind::Dir,
+            Content::Symlink(_) => Kind::Symlink,
+        }
+    }
+}
+
+/// One cached path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CacheEntry {
+    /// What HEAD holds there.
+    pub content: Content,
+    /// The working-tree copy's `lstat` when it last matched, if known.
+    pub stat: Option<Stat>,
+}
+
+/// The whole cache.
+#[derive(Clone, Debug, Default)]
+pub struct Cache {
+    /// The version the entries describe.
+    pub head: Option<VersionId>,
+    /// When the cache was written.
+    pub written_ns: i64,
+    /// Entries by path.
+    pub entries: HashMap<Vec<u8>, CacheEntry>,
+}
+
+/// Now, in ns since the epoch.
+pub fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos().min(i64::MAX as u128) as i64)
+        .unwrap_or(0)
+}
+
+impl Cache {
+    /// The content of `path` if its working-tree copy is known to match.
+    pub fn trusted(&self, path: &[u8], stat: &Stat) -> Option<&Content> {
+        let e = self.entries.get(path)?;
+        let s = e.stat.as_ref()?;
+        let racy = s.mtime_ns >= self.written_ns.saturating_sub(RACY_NS);
+        (s == stat && !racy).then_some(&e.content)
+    }
+
+    /// Loads the cache; `None` when it is missing, damaged or of another
+    /// format (it is then rebuilt).
+    pub fn load(path: &Path) -> Option<Self> {
+        let bytes = std::fs::read(path).ok()?;
+        decode(&bytes)
+    }
+
+    /// Writes the cache durably.
+    pub fn save(&mut self, path: &Path) -> Result<()> {
+        self.written_ns = now_ns();
+        write_atomic(path, &encode(self), 0o600)
+    }
+}
+
+fn encode(c: &Cache) -> Vec<u8> {
+    let mut b = Vec::with_capacity(64 + c.entries.len() * 96);
+    b.extend_from_slice(MAGIC);
+    b.extend_from_slice(&FORMAT.to_le_bytes());
+    b.extend_from_slice(c.head.as_ref().map_or(&[0u8; 32], |h| h.as_bytes()));
+    b.extend_from_slice(&c.written_ns.to_le_bytes());
+    b.extend_from_slice(&(c.entries.len() as u32).to_le_bytes());
+    for (path, e) in &c.entries {
+        b.extend_from_slice(&(path.len() as u16).to_le_bytes());
+        b.extend_from_slice(path);
+        let (kind, exec) = match &e.content {
+            Content::File { executable, .. } => (0u8, *executable),
+            Content::Dir => (1, false),
+            Content::Symlink(_) => (2, false),
+        };
+        b.push(kind);
+        b.push(exec as u8);
+        let s = e.stat.unwrap_or_default();
+        let known = e.stat.is_some();
+        // An unknown stat is written with size u64::MAX, which no file has.
+        b.extend_from_slice(&(if known { s.size } else { u64::MAX }).to_le_bytes());
+        b.extend_from_slice(&s.mtime_ns.to_le_bytes());
+        b.extend_from_slice(&s.ctime_ns.to_le_bytes());
+        b.extend_from_slice(&s.ino.to_le_bytes());
+        b.extend_from_slice(&s.mode.to_le_bytes());
+        match &e.content {
+            Content::File { size, chunks, .. } => {
+                b.extend_from_slice(&size.to_le_bytes());
+                b.extend_from_slice(&(chunks.len() as u32).to_le_bytes());
+                for id in chunks {
+                    b.extend_from_slice(id.as_bytes());
+                }
+            }
+            Content::Dir => {}
+            Content::Symlink(t) => {
+                b.extend_from_slice(&(t.len() as u16).to_le_bytes());
+                b.extend_from_slice(t);
+            }
+        }
+    }
+    let check = blake3::hash(&b);
+    b.extend_from_slice(check.as_bytes());
+    b
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Some(a)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+    fn u16(&mut self) -> Option<u16> {
+        self.take(2).map(|b| u16::from_le_bytes([b[0], b[1]]))
+    }
+    fn u32(&mut self) -> Option<u32> {
+        self.take(4).and_then(|b| b.try_into().ok()).map(u32::from_le_bytes)
+    }
+    fn u64(&mut self) -> Option<u64> {
+        self.take(8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes)
+    }
+    fn i64(&mut self) -> Option<i64> {
+        self.take(8).and_then(|b| b.try_into().ok()).map(i64::from_le_bytes)
+    }
+}
+
+fn decode(bytes: &[u8]) -> Option<Cache> {
+    if bytes.len() < 32 {
+        return None;
+    }
+    let (body, check) = bytes.split_at(bytes.len() - 32);
+    if blake3::hash(body).as_bytes() != check {
+        return None;
+    }
+    let mut r = Reader(body);
+    if r.take(8)? != MAGIC || r.u32()? != FORMAT {
+        return None;
+    }
+    let head_bytes: [u8; 32] = r.take(32)?.try_into().ok()?;
+    let head = (head_bytes != [0u8; 32]).then_some(VersionId(head_bytes));
+    let written_ns = r.i64()?;
+    let count = r.u32()? as usize;
+    if count > MAX_TREE_ENTRIES * 16 {
+        return None;
+    }
+    let mut entries = HashMap::with_capacity(count.min(1 << 20));
+    for _ in 0..count {
+        let plen = r.u16()? as usize;
+        if plen == 0 || plen > MAX_PATH_LEN {
+            return None;
+        }
+        let path = r.take(plen)?.to_vec();
+        let kind = r.u8()?;
+        let exec = r.u8()? != 0;
+        let size = r.u64()?;
+        let stat = Stat { size, mtime_ns: r.i64()?, ctime_ns: r.i64()?, ino: r.u64()?, mode: r.u32()? };
+        let stat = (size != u64::MAX).then_some(stat);
+        let content = match kind {
+            0 => {
+                let fsize = r.u64()?;
+                let n = r.u32()? as usize;
+                let ids = r.take(n.checked_mul(32)?)?;
+                let chunks = ids.chunks_exact(32).filter_map(ObjectId::from_slice).collect();
+                Content::File { size: fsize, chunks, executable: exec }
+            }
+            1 => Content::Dir,
+            2 => {
+                let n = r.u16()? as usize;
+                Content::Symlink(r.take(n)?.to_vec())
+            }
+            _ => return None,
+        };
+        entries.insert(path, CacheEntry { content, stat });
+    }
+    if !r.0.is_empty() {
+        return None;
+    }
+    Some(Cache { head, written_ns, entries })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_damage() {
+        let mut c = Cache { head: Some(VersionId([3; 32])), written_ns: 5, entries: HashMap::new() };
+        c.entries.insert(
+            b"a/b".to_vec(),
+            CacheEntry {
+                content: Content::File { size: 3, chunks: vec![ObjectId([1; 32])], executable: true },
+                stat: Some(Stat { size: 3, mtime_ns: 1, ctime_ns: 2, ino: 3, mode: 0o100755 }),
+            },
+        );
+        c.entries.insert(b"a".to_vec(), CacheEntry { content: Content::Dir, stat: None });
+        c.entries
+            .insert(b"l".to_vec(), CacheEntry { content: Content::Symlink(b"../x".to_vec()), stat: None });
+        let bytes = encode(&c);
+        let back = decode(&bytes).expect("decodes");
+        assert_eq!(back.entries, c.entries);
+        assert_eq!(back.head, c.head);
+        for i in 0..bytes.len() {
+            let mut d = bytes.clone();
+            d[i] ^= 0x40;
+            assert!(decode(&d).is_none(), "byte {i}");
+        }
+        assert!(decode(&bytes[..bytes.len() - 1]).is_none());
+    }
+}

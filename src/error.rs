@@ -1,0 +1,121 @@
+//! Errors of the repository layer.
+
+use std::io;
+use std::path::PathBuf;
+
+use dbox_store::StoreError;
+
+/// Errors of repositories, working trees and the version graph.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RepoError {
+    /// The object store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A file-system operation failed.
+    #[error("cannot {op} {path}")]
+    Io {
+        /// The operation.
+        op: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// No repository here or above.
+    #[error("not inside a dbox repository (looked in {path} and its parents)")]
+    NotARepo {
+        /// Where the search started.
+        path: PathBuf,
+    },
+    /// `init` inside an existing repository.
+    #[error("{path} is already inside the dbox repository at {root}")]
+    AlreadyInRepo {
+        /// The directory given to init.
+        path: PathBuf,
+        /// The existing repository's root.
+        root: PathBuf,
+    },
+    /// A version reference that names nothing.
+    #[error("unknown version {reference:?}")]
+    UnknownVersion {
+        /// The reference as typed.
+        reference: String,
+    },
+    /// A prefix matching several versions.
+    #[error("ambiguous version prefix {prefix:?}: it matches {}", candidates.join(", "))]
+    AmbiguousVersion {
+        /// The prefix.
+        prefix: String,
+        /// Short ids of some matches.
+        candidates: Vec<String>,
+    },
+    /// A reference that is not of a known form.
+    #[error("invalid version reference {reference:?}: use a hex id or prefix of at least 4 digits, HEAD, or HEAD~N")]
+    BadReference {
+        /// The reference as typed.
+        reference: String,
+    },
+    /// HEAD is needed but there is no version yet.
+    #[error("there is no version yet")]
+    NoVersion,
+    /// A path that does not exist in a version.
+    #[error("{path} is not in version {version}")]
+    PathNotInVersion {
+        /// The path.
+        path: String,
+        /// The version's short id.
+        version: String,
+    },
+    /// The operation would overwrite or delete unsaved data.
+    #[error("{} file(s) hold content that is in no version: {}", paths.len(), paths.join(", "))]
+    WouldLoseData {
+        /// The files at risk.
+        paths: Vec<String>,
+    },
+    /// A file kept changing while it was being read.
+    #[error("{path} kept changing while it was being read; try again when it is not being written")]
+    ChangedDuringRead {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A damaged file in `.dbox/` or in the home directory.
+    #[error("{path} is damaged: {reason}")]
+    Damaged {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A stored path that must not be written (it could escape the target).
+    #[error("refusing to write {path:?}: {reason}")]
+    UnsafePath {
+        /// The path as stored.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// A version that fails verification.
+    #[error("version {id} is invalid")]
+    BadVersion {
+        /// The version's id.
+        id: String,
+        /// Why.
+        #[source]
+        source: dbox_store::DecodeError,
+    },
+    /// Invalid arguments.
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl RepoError {
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> Self {
+        let path = path.into();
+        move |source| RepoError::Io { op, path, source }
+    }
+}
+
+/// Result type of this crate.
+pub type Result<T, E = RepoError> = std::result::Result<T, E>;

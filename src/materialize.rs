@@ -1,0 +1,374 @@
+//! Writing versions into a folder: restore and checkout.
+//!
+//! Both plan first and write only when the plan loses nothing: a path is
+//! overwritten or deleted only if its current content is HEAD's content at
+//! that path (so it is stored in a version) or already the content to be
+//! written. Anything else is listed and the command fails, unless `force`.
+//!
+//! Safety: every stored path comes from trees whose names were validated on
+//! decoding (no `..`, no `/`, no `.dbox`); before writing, every parent of a
+//! path is checked with `lstat` to be a real directory inside the target, so
+//! a symbolic link in the working tree is never followed. Files and links
+//! are created under a temporary name in their directory and renamed into
+//! place, which replaces a link rather than writing through it. File
+//! contents, executable bits, symbolic links, empty folders and file mtimes
+//! are restored.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use dbox_store::{Store, VersionId};
+
+use crate::cache::{Cache, CacheEntry, Content};
+use crate::error::{RepoError, Result};
+use crate::repo::{Repo, LOCK_WAIT};
+use crate::snapshot::{flatten_version, load_base, FlatEntry};
+use crate::worktree::{abs_path, display, scan, Kind, Stat};
+
+/// Knobs of [`restore`].
+#[derive(Clone, Debug, Default)]
+pub struct RestoreOptions {
+    /// Only these paths (files or folders, relative to the root); all when
+    /// empty.
+    pub paths: Vec<Vec<u8>>,
+    /// Write into this folder instead of the working tree.
+    pub to: Option<std::path::PathBuf>,
+    /// Overwrite and delete even content that is in no version.
+    pub force: bool,
+}
+
+/// What was done.
+#[derive(Clone, Debug, Default)]
+pub struct Outcome {
+    /// Paths written.
+    pub written: Vec<Vec<u8>>,
+    /// Paths deleted.
+    pub deleted: Vec<Vec<u8>>,
+    /// Paths already as wanted.
+    pub unchanged: usize,
+    /// Things left as they were, as sentences.
+    pub warnings: Vec<String>,
+}
+
+fn in_scope(path: &[u8], scope: &[Vec<u8>]) -> bool {
+    scope.is_empty()
+        || scope
+            .iter()
+            .any(|q| path == q.as_slice() || (path.starts_with(q) && path.get(q.len()) == Some(&b'/')))
+}
+
+fn ancestors(path: &[u8]) -> impl Iterator<Item = &[u8]> {
+    path.iter().enumerate().filter(|(_, b)| **b == b'/').map(move |(i, _)| &path[..i])
+}
+
+/// Whether the working copy at `path` (of kind `kind`, with `stat`) holds
+/// exactly `want`.
+fn matches(
+    store: &Store,
+    root: &Path,
+    path: &[u8],
+    kind: Kind,
+    stat: &Stat,
+    want: &Content,
+    base: &Cache,
+) -> Result<bool> {
+    Ok(match want {
+        Content::Dir => kind == Kind::Dir,
+        Content::Symlink(t) => {
+            kind == Kind::Symlink
+                && std::fs::read_link(abs_path(root, path))
+                    .is_ok_and(|l| l.as_os_str().as_bytes() == t.as_slice())
+        }
+        Content::File { chunks, executable, .. } => {
+            if kind != Kind::File || stat.executable() != *executable {
+                false
+            } else if let Some(Content::File { chunks: c, .. }) = base.trusted(path, stat) {
+                c == chunks
+            } else {
+                file_ids(store, &abs_path(root, path))?.as_ref() == Some(chunks)
+            }
+        }
+    })
+}
+
+fn file_ids(store: &Store, path: &Path) -> Result<Option<Vec<dbox_store::ObjectId>>> {
+    let f = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(RepoError::io("open", path)(e)),
+    };
+    let mut chunker = dbox_store::Chunker::new(f);
+    let mut ids = Vec::new();
+    while let Some(c) = chunker.next_chunk().map_err(RepoError::io("read", path))? {
+        ids.push(dbox_store::object::seal(store.keys(), dbox_store::ObjectKind::Chunk, c).0);
+    }
+    Ok(Some(ids))
+}
+
+/// Checks that every parent of `path` under `root` is a real directory.
+fn check_parents(root: &Path, path: &[u8]) -> Result<()> {
+    for a in ancestors(path) {
+        let p = abs_path(root, a);
+        match std::fs::symlink_metadata(&p) {
+            Ok(m) if m.file_type().is_dir() => {}
+            Ok(_) => {
+                return Err(RepoError::UnsafePath {
+                    path: display(path),
+                    reason: format!("{} is not a folder", display(a)),
+                })
+            }
+            Err(e) => return Err(RepoError::io("stat", &p)(e)),
+        }
+    }
+    Ok(())
+}
+
+fn to_system_time(ns: i64) -> SystemTime {
+    if ns >= 0 {
+        UNIX_EPOCH + Duration::from_nanos(ns as u64)
+    } else {
+        UNIX_EPOCH - Duration::from_nanos(ns.unsigned_abs())
+    }
+}
+
+fn temp_name(dir: &Path) -> Result<std::path::PathBuf> {
+    let mut r = [0u8; 8];
+    dbox_store::crypto::fill_random(&mut r)?;
+    Ok(dir.join(format!(".dbox-restore-{}.tmp", hex::encode(r))))
+}
+
+fn remove_any(p: &Path) -> Result<()> {
+    match std::fs::symlink_metadata(p) {
+        Ok(m) if m.file_type().is_dir() => std::fs::remove_dir_all(p).map_err(RepoError::io("remove", p)),
+        Ok(_) => std::fs::remove_file(p).map_err(RepoError::io("remove", p)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(RepoError::io("stat", p)(e)),
+    }
+}
+
+fn write_entry(store: &Store, root: &Path, path: &[u8], e: &FlatEntry) -> Result<()> {
+    check_parents(root, path)?;
+    let dest = abs_path(root, path);
+    let dir = dest.parent().unwrap_or(root);
+    match &e.content {
+        Content::Dir => match std::fs::symlink_metadata(&dest) {
+            Ok(m) if m.file_type().is_dir() => Ok(()),
+            Ok(_) => {
+                remove_any(&dest)?;
+                std::fs::create_dir(&dest).map_err(RepoError::io("create directory", &dest))
+            }
+            Err(_) => std::fs::create_dir(&dest).map_err(RepoError::io("create directory", &dest)),
+        },
+        Content::Symlink(target) => {
+            let tmp = temp_name(dir)?;
+            std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), &tmp)
+                .map_err(RepoError::io("create link", &tmp))?;
+            replace(&tmp, &dest)
+        }
+        Content::File { size, chunks, executable } => {
+            let tmp = temp_name(dir)?;
+            let result = (|| {
+                let mut f = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(if *executable { 0o777 } else { 0o666 })
+                    .open(&tmp)
+                    .map_err(RepoError::io("create", &tmp))?;
+                let mut written = 0u64;
+                for id in chunks {
+                    let data = store.get_chunk(id)?;
+                    f.write_all(&data).map_err(RepoError::io("write", &tmp))?;
+                    written += data.len() as u64;
+                }
+                if written != *size {
+                    return Err(RepoError::Damaged {
+                        path: dest.clone(),
+                        reason: format!("the version says {size} bytes but its chunks hold {written}"),
+                    });
+                }
+                if let Some(ns) = e.mtime_ns {
+                    f.set_modified(to_system_time(ns)).map_err(RepoError::io("set the time of", &tmp))?;
+                }
+                Ok(())
+            })();
+            if let Err(err) = result {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(err);
+            }
+            replace(&tmp, &dest)
+        }
+    }
+}
+
+fn replace(tmp: &Path, dest: &Path) -> Result<()> {
+    if let Ok(m) = std::fs::symlink_metadata(dest) {
+        if m.file_type().is_dir() {
+            remove_any(dest)?;
+        }
+    }
+    std::fs::rename(tmp, dest).map_err(|e| {
+        let _ = std::fs::remove_file(tmp);
+        RepoError::io("rename", tmp)(e)
+    })
+}
+
+/// Writes `version` (or some of its paths) into the working tree, or into
+/// `opts.to`. HEAD does not move.
+pub fn restore(repo: &Repo, version: &VersionId, opts: &RestoreOptions) -> Result<Outcome> {
+    let head = repo.head()?;
+    let base = load_base(repo, head)?;
+    let full = flatten_version(repo, version)?;
+    for q in &opts.paths {
+        if !full.contains_key(q) {
+            return Err(RepoError::PathNotInVersion { path: display(q), version: version.short() });
+        }
+    }
+    let mut target: BTreeMap<Vec<u8>, FlatEntry> = BTreeMap::new();
+    for (p, e) in &full {
+        if in_scope(p, &opts.paths) {
+            target.insert(p.clone(), e.clone());
+        }
+    }
+    for q in &opts.paths {
+        for a in ancestors(q) {
+            if let Some(e) = full.get(a) {
+                target.insert(a.to_vec(), e.clone());
+            }
+        }
+    }
+    match &opts.to {
+        None => apply(repo, &base, &target, &opts.paths, repo.root(), true, opts.force),
+        Some(dir) => {
+            std::fs::create_dir_all(dir).map_err(RepoError::io("create directory", dir))?;
+            let dir = dir.canonicalize().map_err(RepoError::io("resolve", dir))?;
+            if dir.starts_with(repo.dot_dir()) {
+                return Err(RepoError::Usage("cannot restore into the .dbox folder".into()));
+            }
+            let empty = Cache::default();
+            apply(repo, &empty, &target, &opts.paths, &dir, false, opts.force)
+        }
+    }
+}
+
+/// Moves HEAD and the working tree to `version`.
+pub fn checkout(repo: &Repo, version: &VersionId, force: bool) -> Result<Outcome> {
+    // Hold the writer lock so no commit runs while the tree changes.
+    let _w = repo.store().writer_wait(LOCK_WAIT)?;
+    let head = repo.head()?;
+    let base = load_base(repo, head)?;
+    let target = flatten_version(repo, version)?;
+    let outcome = apply(repo, &base, &target, &[], repo.root(), true, force)?;
+    repo.set_head(version)?;
+    let scanned = scan(repo.root())?;
+    let mut cache = Cache { head: Some(*version), written_ns: 0, entries: HashMap::new() };
+    let written: BTreeSet<&Vec<u8>> = outcome.written.iter().collect();
+    for (p, e) in target {
+        let stat = scanned.entries.get(&p).filter(|wt| wt.kind == e.content.kind()).map(|wt| wt.stat);
+        // Unwritten files kept their stat from before, which matched.
+        let stat = if written.contains(&p) || matches!(e.content, Content::Dir | Content::Symlink(_)) {
+            stat
+        } else {
+            stat.filter(|s| base.trusted(&p, s).is_some_and(|c| *c == e.content))
+        };
+        cache.entries.insert(p, CacheEntry { content: e.content, stat });
+    }
+    cache.save(&repo.dot_dir().join("cache"))?;
+    Ok(outcome)
+}
+
+/// Plans and, if nothing would be lost (or `force`), applies the change of
+/// `root` towards `target`. `delete` removes HEAD's paths (in scope) that
+/// the target lacks.
+fn apply(
+    repo: &Repo,
+    base: &Cache,
+    target: &BTreeMap<Vec<u8>, FlatEntry>,
+    scope: &[Vec<u8>],
+    root: &Path,
+    delete: bool,
+    force: bool,
+) -> Result<Outcome> {
+    let store = repo.store();
+    let scanned = scan(root)?;
+    let mut out = Outcome { warnings: scanned.warnings.clone(), ..Outcome::default() };
+    // A working copy is saved when it is HEAD's content at that path.
+    let saved = |p: &[u8]| -> Result<bool> {
+        match (scanned.entries.get(p), base.entries.get(p)) {
+            (Some(wt), Some(e)) => matches(store, root, p, wt.kind, &wt.stat, &e.content, base),
+            (None, _) => Ok(true),
+            (Some(_), None) => Ok(false),
+        }
+    };
+    let mut conflicts = Vec::new();
+    let mut writes = Vec::new();
+    for (p, e) in target {
+        match scanned.entries.get(p) {
+            Some(wt) if matches(store, root, p, wt.kind, &wt.stat, &e.content, base)? => out.unchanged += 1,
+            Some(wt) => {
+                let mut ok = saved(p)?;
+                if wt.kind == Kind::Dir {
+                    // Replacing a folder replaces everything in it.
+                    let mut prefix = p.clone();
+                    prefix.push(b'/');
+                    for (q, _) in scanned.entries.range(prefix.clone()..) {
+                        if !q.starts_with(&prefix) {
+                            break;
+                        }
+                        if !saved(q)? && !target.contains_key(q) {
+                            ok = false;
+                            conflicts.push(display(q));
+                        }
+                    }
+                }
+                if !ok && !force {
+                    conflicts.push(display(p));
+                }
+                writes.push(p);
+            }
+            None => writes.push(p),
+        }
+    }
+    let mut deletes = Vec::new();
+    if delete {
+        for p in base.entries.keys() {
+            if in_scope(p, scope) && !target.contains_key(p) && scanned.entries.contains_key(p) {
+                if !saved(p)? && !force {
+                    conflicts.push(display(p));
+                }
+                deletes.push(p.clone());
+            }
+        }
+    }
+    if !conflicts.is_empty() && !force {
+        conflicts.sort();
+        conflicts.dedup();
+        return Err(RepoError::WouldLoseData { paths: conflicts });
+    }
+    // Deepest first, files before the folders that hold them.
+    deletes.sort_by_key(|p| std::cmp::Reverse((p.iter().filter(|b| **b == b'/').count(), p.clone())));
+    for p in &deletes {
+        let abs = abs_path(root, p);
+        check_parents(root, p)?;
+        match std::fs::symlink_metadata(&abs) {
+            Ok(m) if m.file_type().is_dir() => {
+                if std::fs::remove_dir(&abs).is_err() {
+                    out.warnings.push(format!("kept folder {}: it holds files no version has", display(p)));
+                    continue;
+                }
+            }
+            Ok(_) => std::fs::remove_file(&abs).map_err(RepoError::io("remove", &abs))?,
+            Err(_) => continue,
+        }
+        out.deleted.push(p.clone());
+    }
+    for p in writes {
+        write_entry(store, root, p, &target[p])?;
+        out.written.push(p.clone());
+    }
+    Ok(out)
+}
