@@ -21,8 +21,8 @@ use crate::ui::Ui;
 #[command(name = "dbox", version, propagate_version = true, max_term_width = 100)]
 pub struct Cli {
     /// Run as if started in DIR
-    #[arg(short = 'C', global = true, value_name = "DIR")]
-    pub dir: Option<PathBuf>,
+    #[arg(short = 'C', global = true, value_name = "DIR", id = "chdir")]
+    pub chdir: Option<PathBuf>,
 
     #[command(subcommand)]
     pub command: Command,
@@ -48,7 +48,7 @@ pub enum Command {
 }
 
 fn dispatch(cli: Cli, ui: &mut Ui) -> Result<(), CommandError> {
-    if let Some(dir) = &cli.dir {
+    if let Some(dir) = &cli.chdir {
         std::env::set_current_dir(dir).map_err(|e| {
             CommandError::Failed(format!("cannot change to directory {}: {e}", dir.display()))
         })?;
@@ -96,5 +96,13 @@ pub fn run() -> std::process::ExitCode {
             }
             std::process::ExitCode::from(code)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn clap_definitions_are_consistent() {
+        <super::Cli as clap::CommandFactory>::command().debug_assert();
     }
 }

@@ -1,9 +1,10 @@
 //! Writing versions into a folder: restore and checkout.
 //!
 //! Both plan first and write only when the plan loses nothing: a path is
-//! overwritten or deleted only if its current content is HEAD's content at
-//! that path (so it is stored in a version) or already the content to be
-//! written. Anything else is listed and the command fails, unless `force`.
+//! overwritten or deleted only if its current content is stored in a version
+//! at that path (HEAD, or one of the [`SAVED_SEARCH_VERSIONS`] newest), or is
+//! already the content to be written. Anything else is listed and the
+//! command fails, unless `force`.
 //!
 //! Safety: every stored path comes from trees whose names were validated on
 //! decoding (no `..`, no `/`, no `.dbox`); before writing, every parent of a
@@ -29,6 +30,10 @@ use crate::error::{RepoError, Result};
 use crate::repo::{Repo, LOCK_WAIT};
 use crate::snapshot::{flatten_version, load_base, FlatEntry};
 use crate::worktree::{abs_path, display, scan, Kind, Stat};
+
+/// How many of the newest versions are searched for a working copy's
+/// content before it is counted as unsaved.
+pub const SAVED_SEARCH_VERSIONS: usize = 1000;
 
 /// Knobs of [`restore`].
 #[derive(Clone, Debug, Default)]
@@ -296,13 +301,39 @@ fn apply(
     let store = repo.store();
     let scanned = scan(root)?;
     let mut out = Outcome { warnings: scanned.warnings.clone(), ..Outcome::default() };
-    // A working copy is saved when it is HEAD's content at that path.
+    // A working copy is saved when some version holds that content at that
+    // path: HEAD (cheap, through the cache) or an earlier one.
+    let graph = repo.graph()?;
+    let recent: Vec<_> = graph.log_order(&graph.heads()).into_iter().take(SAVED_SEARCH_VERSIONS).collect();
     let saved = |p: &[u8]| -> Result<bool> {
-        match (scanned.entries.get(p), base.entries.get(p)) {
-            (Some(wt), Some(e)) => matches(store, root, p, wt.kind, &wt.stat, &e.content, base),
-            (None, _) => Ok(true),
-            (Some(_), None) => Ok(false),
+        let Some(wt) = scanned.entries.get(p) else { return Ok(true) };
+        if let Some(e) = base.entries.get(p) {
+            if matches(store, root, p, wt.kind, &wt.stat, &e.content, base)? {
+                return Ok(true);
+            }
         }
+        let current = match wt.kind {
+            Kind::Dir => return Ok(true),
+            Kind::Symlink => match std::fs::read_link(abs_path(root, p)) {
+                Ok(t) => Content::Symlink(t.as_os_str().as_bytes().to_vec()),
+                Err(_) => return Ok(false),
+            },
+            Kind::File => match file_ids(store, &abs_path(root, p))? {
+                Some(chunks) => {
+                    Content::File { size: wt.stat.size, chunks, executable: wt.stat.executable() }
+                }
+                None => return Ok(true),
+            },
+        };
+        for v in &recent {
+            let root_tree = store.get_version(v)?.body().root;
+            if let Some(e) = crate::snapshot::lookup(store, &root_tree, p)? {
+                if e.content == current {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
     };
     let mut conflicts = Vec::new();
     let mut writes = Vec::new();

@@ -14,7 +14,8 @@ use crate::ui::Ui;
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The version
-    pub version: String,
+    #[arg(value_name = "VERSION")]
+    pub reference: String,
     /// Overwrite and delete even changes that are in no version
     #[arg(long)]
     pub force: bool,
@@ -22,7 +23,7 @@ pub struct Args {
 
 pub fn run(args: Args, ui: &mut Ui) -> Result<(), CommandError> {
     let repo = open_repo()?;
-    let id = resolve(&repo, &args.version)?;
+    let id = resolve(&repo, &args.reference)?;
     let out = checkout(&repo, &id, args.force)?;
     for w in &out.warnings {
         ui.note(format!("warning: {w}"))?;

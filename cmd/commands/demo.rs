@@ -77,7 +77,7 @@ pub fn run(args: Args, ui: &mut Ui) -> Result<(), CommandError> {
     commit::run(commit::Args { message: None, json: false }, ui)?;
 
     step(ui, "Go back to the first version to try another plan.", "checkout HEAD~1")?;
-    checkout::run(checkout::Args { version: "HEAD~1".into(), force: false }, ui)?;
+    checkout::run(checkout::Args { reference: "HEAD~1".into(), force: false }, ui)?;
     write(&repo.join("notes/plan.md"), b"# Plan\n\n- stay home\n")?;
     step(ui, "Commit there: the graph now has two heads, both kept.", "commit -m 'another plan'")?;
     commit::run(commit::Args { message: Some("another plan".into()), json: false }, ui)?;

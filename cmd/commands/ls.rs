@@ -20,8 +20,8 @@ use crate::ui::Ui;
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The version
-    #[arg(default_value = "HEAD")]
-    pub version: String,
+    #[arg(value_name = "VERSION", default_value = "HEAD")]
+    pub reference: String,
     /// Only this file or folder
     pub path: Option<PathBuf>,
     /// Print JSON
@@ -31,7 +31,7 @@ pub struct Args {
 
 pub fn run(args: Args, ui: &mut Ui) -> Result<(), CommandError> {
     let repo = open_repo()?;
-    let id = resolve(&repo, &args.version)?;
+    let id = resolve(&repo, &args.reference)?;
     let v = repo.store().get_version(&id)?;
     let all = flatten(repo.store(), &v.body().root)?;
     let prefix = match &args.path {

@@ -17,8 +17,8 @@ use crate::ui::Ui;
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The version
-    #[arg(default_value = "HEAD")]
-    pub version: String,
+    #[arg(value_name = "VERSION", default_value = "HEAD")]
+    pub reference: String,
     /// Print JSON
     #[arg(long)]
     pub json: bool,
@@ -26,7 +26,7 @@ pub struct Args {
 
 pub fn run(args: Args, ui: &mut Ui) -> Result<(), CommandError> {
     let repo = open_repo()?;
-    let id = resolve(&repo, &args.version)?;
+    let id = resolve(&repo, &args.reference)?;
     let (v, info) = repo.version(&id)?;
     let store = repo.store();
     let new = flatten(store, &v.body().root)?;

@@ -1,0 +1,131 @@
+//! A test environment: a temp folder with its own DBOX_HOME, and a runner
+//! for the real `dbox` binary.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+pub type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+pub struct TestEnv {
+    pub tmp: tempfile::TempDir,
+    pub home: PathBuf,
+}
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl std::fmt::Debug for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit {}\n--- stdout\n{}--- stderr\n{}", self.code, self.stdout, self.stderr)
+    }
+}
+
+impl TestEnv {
+    pub fn new() -> Result<Self, std::io::Error> {
+        let tmp = tempfile::tempdir()?;
+        let home = tmp.path().join("home");
+        std::fs::create_dir_all(&home)?;
+        Ok(Self { tmp, home })
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.tmp.path().join(rel)
+    }
+
+    pub fn command(&self, dir: &Path, args: &[&str]) -> std::process::Command {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_dbox"));
+        c.args(args)
+            .current_dir(dir)
+            .env_clear()
+            .env("DBOX_HOME", &self.home)
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("TZ", "UTC");
+        c
+    }
+
+    /// Runs dbox in `dir` and returns its exit code and output.
+    pub fn run(&self, dir: &Path, args: &[&str]) -> Result<Run, std::io::Error> {
+        let out: Output = self.command(dir, args).output()?;
+        Ok(Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        })
+    }
+
+    /// Runs dbox and requires success.
+    pub fn ok(&self, dir: &Path, args: &[&str]) -> Result<Run, Box<dyn std::error::Error>> {
+        let r = self.run(dir, args)?;
+        if r.code != 0 {
+            return Err(format!("dbox {args:?} failed: {r:?}").into());
+        }
+        Ok(r)
+    }
+
+    /// Makes a repository at `rel` and returns its path.
+    pub fn repo(&self, rel: &str) -> Result<PathBuf, Box<dyn std::error::Error>> {
+        let p = self.path(rel);
+        self.ok(self.tmp.path(), &["init", rel])?;
+        Ok(p)
+    }
+
+    /// Commits and returns the new version id.
+    pub fn commit(&self, repo: &Path, msg: &str) -> Result<String, Box<dyn std::error::Error>> {
+        let r = self.ok(repo, &["commit", "-m", msg])?;
+        Ok(r.stdout.trim().to_string())
+    }
+}
+
+pub fn write(path: &Path, bytes: impl AsRef<[u8]>) -> std::io::Result<()> {
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d)?;
+    }
+    std::fs::write(path, bytes)
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// Every file, link and folder under `root` (skipping `.dbox`), with
+/// contents, link targets and executable bits, for comparing trees.
+pub fn snapshot(root: &Path) -> std::io::Result<Vec<(String, String)>> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d)? {
+            let e = e?;
+            let p = e.path();
+            let rel = p.strip_prefix(root).map_err(std::io::Error::other)?.to_string_lossy().into_owned();
+            if rel == ".dbox" {
+                continue;
+            }
+            let m = std::fs::symlink_metadata(&p)?;
+            if m.file_type().is_symlink() {
+                out.push((rel, format!("link {}", std::fs::read_link(&p)?.display())));
+            } else if m.is_dir() {
+                out.push((rel, "dir".into()));
+                stack.push(p);
+            } else {
+                let exec = m.permissions().mode() & 0o100 != 0;
+                out.push((rel, format!("file exec={exec} {}", blake3::hash(&std::fs::read(&p)?).to_hex())));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
