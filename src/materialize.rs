@@ -107,7 +107,7 @@ fn file_ids(store: &Store, path: &Path) -> Result<Option<Vec<dbox_store::ObjectI
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(RepoError::io("open", path)(e)),
     };
-    let mut chunker = dbox_store::Chunker::new(f);
+    let mut chunker = dbox_store::Chunker::with_params(f, store.chunker_params());
     let mut ids = Vec::new();
     while let Some(c) = chunker.next_chunk().map_err(RepoError::io("read", path))? {
         ids.push(dbox_store::object::seal(store.keys(), dbox_store::ObjectKind::Chunk, c).0);

@@ -132,7 +132,7 @@ pub struct Status {
 /// anything. `None` when the file vanished.
 fn hash_file(store: &Store, path: &Path) -> Result<Option<(Vec<ObjectId>, u64, Stat)>> {
     read_consistently(path, |f| {
-        let mut chunker = Chunker::new(f);
+        let mut chunker = Chunker::with_params(f, store.chunker_params());
         let mut ids = Vec::new();
         let mut size = 0;
         while let Some(c) = chunker.next_chunk().map_err(RepoError::io("read", path))? {

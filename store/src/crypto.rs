@@ -22,6 +22,8 @@ const CTX_TREE: &str = "dbox 2026-11-22 tree encryption key v1";
 const CTX_NONCE: &str = "dbox 2026-11-22 object nonce key v1";
 const CTX_PACK: &str = "dbox 2026-11-22 pack header key v1";
 const CTX_INFO: &str = "dbox 2026-11-22 version info key v1";
+const CTX_PACK_BODY: &str = "dbox 2026-11-22 pack body stream key v1";
+const CTX_CHUNKER: &str = "dbox 2026-11-22 chunker seed v1";
 
 /// A repository's 32-byte secret, held by members only.
 #[derive(Clone, Zeroize, ZeroizeOnDrop, PartialEq, Eq)]
@@ -138,6 +140,24 @@ pub struct Keys {
     pub(crate) pack: AeadKey,
     /// Key of the sealed (member-only) block of versions.
     pub info: AeadKey,
+    pub(crate) pack_body: StreamKey,
+    /// Seed of the chunker's gear table: cut points depend on the repo key,
+    /// so chunk sizes of a known file cannot be predicted without it.
+    pub chunker_seed: u64,
+}
+
+/// A key for the XChaCha20 keystream that hides a pack's body.
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+pub(crate) struct StreamKey(pub(crate) [u8; 32]);
+
+impl StreamKey {
+    /// XORs `buf` with the keystream for `nonce` starting at byte `pos`.
+    pub(crate) fn apply(&self, nonce: &[u8; NONCE_LEN], pos: u64, buf: &mut [u8]) {
+        use chacha20::cipher::{KeyIvInit, StreamCipher, StreamCipherSeek};
+        let mut c = chacha20::XChaCha20::new((&self.0).into(), nonce.into());
+        c.seek(pos);
+        c.apply_keystream(buf);
+    }
 }
 
 /// The keyed-hash key that derives deterministic object nonces.
@@ -153,6 +173,12 @@ impl Keys {
             nonce: NonceKey(blake3::derive_key(CTX_NONCE, &key.0)),
             pack: AeadKey::derive(CTX_PACK, key),
             info: AeadKey::derive(CTX_INFO, key),
+            pack_body: StreamKey(blake3::derive_key(CTX_PACK_BODY, &key.0)),
+            chunker_seed: {
+                let s = blake3::derive_key(CTX_CHUNKER, &key.0);
+                // Zero would leave the gear table unkeyed.
+                u64::from_le_bytes([s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]]) | 1
+            },
         }
     }
 }

@@ -31,6 +31,10 @@ pub const ENTRY_LEN: usize = 52;
 const CHECK_LEN: usize = 32;
 /// Entries read per block when scanning a segment.
 const SCAN_BLOCK: usize = 8192;
+/// Most entries one fanout bucket may hold. Writers aim at about 16 per
+/// bucket and at most 4 Gi entries over 2^20 buckets (4096 each); a bucket
+/// above this is damage, and refusing it bounds a lookup's allocation.
+pub const MAX_BUCKET_ENTRIES: u64 = 1 << 16;
 
 /// Where an object is stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -195,6 +199,9 @@ impl Segment {
         let hi = self.fanout[p] as u64;
         if lo >= hi {
             return Ok(None);
+        }
+        if hi - lo > MAX_BUCKET_ENTRIES {
+            return Err(corrupt(&self.path, DecodeError::Invalid("index bucket too large".into())));
         }
         let mut buf = vec![0u8; ((hi - lo) as usize) * ENTRY_LEN];
         self.file

@@ -4,7 +4,8 @@
 //! finds them through an index. It knows nothing of working trees, networks or
 //! the command line, and it is synchronous. These module docs are the on-disk
 //! format specification; every structure below carries a format version and an
-//! unknown version is a typed error ([`StoreError::UnsupportedVersion`]).
+//! unknown version is a typed error ([`DecodeError::UnsupportedVersion`],
+//! wrapped with the file or object it came from).
 //!
 //! # Words
 //!
@@ -86,7 +87,9 @@
 //! ```text
 //! 0   8  magic "DBOXPACK"
 //! 8   4  pack format version, u32 little endian (1)
-//! 12  .. objects' stored bytes, back to back, no framing
+//! 12  24 body nonce (random per pack)
+//! 36  .. objects' stored bytes, back to back, no framing, XORed with the
+//!        XChaCha20 keystream of (pack body key, body nonce) from byte 36
 //! H   .. header: nonce(24) || XChaCha20-Poly1305(pack key, header plaintext,
 //!        aad = "dbox pack header v1")
 //!        header plaintext = version u32 | count u32 | count × (id 32 |
@@ -99,7 +102,12 @@
 //! The total length is the Padmé padding of the unpadded length, so a pack's
 //! size says little more than the order of magnitude of its contents. Without
 //! the repo key a pack is magic, version and uniformly random-looking bytes:
-//! which objects it holds, how many and how large are hidden. A finished pack
+//! which objects it holds, how many and how large are hidden. (Objects start
+//! with plaintext format and kind bytes and versions are plaintext signed
+//! envelopes; the body keystream hides those, so object boundaries cannot be
+//! found. Integrity needs no MAC there: every object is checked against its
+//! id after the keystream is removed.) The chunker's gear table is keyed from
+//! the repo key too, so a known file's chunk sizes cannot be predicted. A finished pack
 //! is handed to a storage peer as it is; the peer verifies it by its id.
 //! Packs are sealed when they reach [`limits::PACK_TARGET_SIZE`] or on
 //! [`Writer::flush`].

@@ -18,6 +18,8 @@ pub const PACK_MAGIC: &[u8; 8] = b"DBOXPACK";
 pub const PACK_FORMAT: u32 = 1;
 /// Length of magic and version.
 pub const PACK_PREFIX_LEN: usize = 12;
+/// Offset of the first object: after magic, version and body nonce.
+pub const BODY_START: usize = PACK_PREFIX_LEN + NONCE_LEN;
 /// Length of the encrypted trailer.
 pub const TRAILER_LEN: usize = NONCE_LEN + 16 + TAG_LEN;
 const ENTRY_LEN: usize = 32 + 8 + 4;
@@ -48,26 +50,40 @@ pub fn padme(len: u64) -> u64 {
     (len + mask) & !mask
 }
 
-/// A pack being filled.
-#[derive(Debug)]
+/// A pack being filled. Objects are appended already hidden under the
+/// pack's body keystream.
 pub struct PackBuilder {
     buf: Vec<u8>,
     entries: Vec<PackEntry>,
+    nonce: [u8; NONCE_LEN],
+    keys: Keys,
 }
 
-impl Default for PackBuilder {
-    fn default() -> Self {
-        Self::new()
+impl std::fmt::Debug for PackBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PackBuilder")
+            .field("len", &self.buf.len())
+            .field("objects", &self.entries.len())
+            .finish()
     }
 }
 
+/// Hides or reveals (the same XOR) `buf`, the bytes at pack offset `offset`
+/// of a pack whose body nonce is `nonce`.
+pub fn apply_body_stream(keys: &Keys, nonce: &[u8; NONCE_LEN], offset: u64, buf: &mut [u8]) {
+    keys.pack_body.apply(nonce, offset.saturating_sub(BODY_START as u64), buf);
+}
+
 impl PackBuilder {
-    /// An empty pack.
-    pub fn new() -> Self {
+    /// An empty pack with a fresh random body nonce.
+    pub fn new(keys: &Keys) -> Result<Self, StoreError> {
+        let mut nonce = [0u8; NONCE_LEN];
+        fill_random(&mut nonce)?;
         let mut buf = Vec::new();
         buf.extend_from_slice(PACK_MAGIC);
         buf.extend_from_slice(&PACK_FORMAT.to_le_bytes());
-        Self { buf, entries: Vec::new() }
+        buf.extend_from_slice(&nonce);
+        Ok(Self { buf, entries: Vec::new(), nonce, keys: keys.clone() })
     }
 
     /// Appends an object's stored bytes.
@@ -77,12 +93,19 @@ impl PackBuilder {
             offset: self.buf.len() as u64,
             len: u32::try_from(stored.len()).expect("objects are limited far below 4 GiB"),
         };
+        let start = self.buf.len();
         self.buf.extend_from_slice(stored);
+        apply_body_stream(&self.keys, &self.nonce, entry.offset, &mut self.buf[start..]);
         self.entries.push(entry);
         entry
     }
 
-    /// Bytes of objects so far (plus the 12-byte prefix).
+    /// Number of objects.
+    pub fn count(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Bytes so far (prefix, nonce and objects).
     pub fn len(&self) -> usize {
         self.buf.len()
     }
@@ -93,9 +116,11 @@ impl PackBuilder {
     }
 
     /// The stored bytes of an object pushed earlier.
-    pub fn get(&self, entry: &PackEntry) -> &[u8] {
+    pub fn get(&self, entry: &PackEntry) -> Vec<u8> {
         let start = entry.offset as usize;
-        &self.buf[start..start + entry.len as usize]
+        let mut out = self.buf[start..start + entry.len as usize].to_vec();
+        apply_body_stream(&self.keys, &self.nonce, entry.offset, &mut out);
+        out
     }
 
     /// The bytes so far: prefix and objects.
@@ -112,7 +137,8 @@ impl PackBuilder {
     /// pack, and the id of the finished pack. The builder is left as it
     /// was, so a failed write can be retried; the pack file is
     /// [`PackBuilder::bytes`] followed by the returned tail.
-    pub fn seal(&self, keys: &Keys) -> Result<(PackId, Vec<u8>), StoreError> {
+    pub fn seal(&self) -> Result<(PackId, Vec<u8>), StoreError> {
+        let keys = &self.keys;
         let header_offset = self.buf.len() as u64;
         let mut plain = Vec::with_capacity(8 + self.entries.len() * ENTRY_LEN);
         plain.extend_from_slice(&PACK_FORMAT.to_le_bytes());
@@ -154,10 +180,16 @@ fn read_at(file: &dyn ReadAt, offset: u64, len: usize) -> Result<Vec<u8>, Decode
     Ok(buf)
 }
 
+/// Reads the body nonce of the pack in `file`.
+pub fn read_body_nonce(file: &dyn ReadAt) -> Result<[u8; NONCE_LEN], DecodeError> {
+    let b = read_at(file, PACK_PREFIX_LEN as u64, NONCE_LEN)?;
+    b.try_into().map_err(|_| DecodeError::Truncated { what: "pack", needed: BODY_START, available: 0 })
+}
+
 /// Reads and decrypts the header of the pack in `file` (of length `len`),
 /// checking every entry against the pack's bounds.
 pub fn read_header(file: &dyn ReadAt, len: u64, keys: &Keys) -> Result<Vec<PackEntry>, DecodeError> {
-    let min = (PACK_PREFIX_LEN + TRAILER_LEN) as u64;
+    let min = (BODY_START + TRAILER_LEN) as u64;
     if len < min {
         return Err(DecodeError::Truncated { what: "pack", needed: min as usize, available: len as usize });
     }
@@ -178,7 +210,7 @@ pub fn read_header(file: &dyn ReadAt, len: u64, keys: &Keys) -> Result<Vec<PackE
     let header_len = u64::from_le_bytes(t[8..16].try_into().map_err(|_| DecodeError::Decrypt)?);
     let max_header = (NONCE_LEN + TAG_LEN + 8 + MAX_PACK_OBJECTS * ENTRY_LEN) as u64;
     let body_end = len - TRAILER_LEN as u64;
-    if header_offset < PACK_PREFIX_LEN as u64
+    if header_offset < BODY_START as u64
         || header_len > max_header
         || header_offset.checked_add(header_len).is_none_or(|end| end > body_end)
     {
@@ -198,7 +230,7 @@ pub fn read_header(file: &dyn ReadAt, len: u64, keys: &Keys) -> Result<Vec<PackE
         return Err(DecodeError::Invalid("pack header length does not match its count".into()));
     }
     let mut entries = Vec::with_capacity(count);
-    let mut expected_offset = PACK_PREFIX_LEN as u64;
+    let mut expected_offset = BODY_START as u64;
     for rec in plain[8..].chunks_exact(ENTRY_LEN) {
         let id = ObjectId::from_slice(&rec[..32]).ok_or(DecodeError::Decrypt)?;
         let offset = u64::from_le_bytes(rec[32..40].try_into().map_err(|_| DecodeError::Decrypt)?);
@@ -250,10 +282,12 @@ mod tests {
     #[test]
     fn seal_and_read_back() -> Result<(), Box<dyn std::error::Error>> {
         let keys = Keys::derive(&RepoKey::from_bytes([1; 32]));
-        let mut b = PackBuilder::new();
+        let mut b = PackBuilder::new(&keys)?;
         let e1 = b.push(ObjectId([1; 32]), b"hello");
         let e2 = b.push(ObjectId([2; 32]), b"world!");
-        let (id, tail) = b.seal(&keys)?;
+        assert_eq!(b.get(&e2), b"world!");
+        assert!(!b.bytes().windows(5).any(|w| w == b"hello"), "objects are hidden in the pack");
+        let (id, tail) = b.seal()?;
         let bytes = [b.bytes(), &tail[..]].concat();
         assert_eq!(id.0, *blake3::hash(&bytes).as_bytes());
         assert_eq!(bytes.len() as u64, padme(bytes.len() as u64));

@@ -19,25 +19,30 @@ use crate::crypto::{Keys, RepoKey};
 use crate::error::{DecodeError, StoreError};
 use crate::id::{ObjectId, PackId, RepoId, VersionId};
 use crate::index::{merged, plan_merge, write_segment, Location, Segment};
+use crate::keyfile::KEY_FILE_LEN;
 use crate::keyfile::{decode_key_file, encode_key_file};
-use crate::limits::{MAX_CHUNK_SIZE, MAX_OBJECT_SIZE, MAX_TREE_SIZE, PACK_TARGET_SIZE};
+use crate::limits::{MAX_CHUNK_SIZE, MAX_OBJECT_SIZE, MAX_PACK_OBJECTS, MAX_TREE_SIZE, PACK_TARGET_SIZE};
 use crate::object::{self, ObjectKind};
-use crate::pack::{read_header, PackBuilder, PackEntry};
+use crate::pack::{apply_body_stream, read_body_nonce, read_header, PackBuilder, PackEntry};
 use crate::tree::Tree;
 use crate::version::SignedVersion;
 use crate::vfs::{LockGuard, OsFs, ReadAt, Vfs};
 
 /// Most pack files kept open for reading at once.
 const OPEN_PACKS: usize = 128;
+/// Largest `pack_target` accepted: packs stay far below what readers accept.
+pub const MAX_PACK_TARGET: usize = 1 << 30;
 
 /// Knobs for opening a store.
 #[derive(Clone, Debug)]
 pub struct StoreOptions {
     /// The file layer.
     pub vfs: Arc<dyn Vfs>,
-    /// Chunk sizes used by [`Writer::put_file`].
+    /// Chunk sizes used by [`Writer::put_file`]; the seed is replaced by one
+    /// derived from the repo key.
     pub chunker: ChunkerParams,
-    /// Seal a pack once its objects reach this many bytes.
+    /// Seal a pack once its objects reach this many bytes (at most
+    /// [`MAX_PACK_TARGET`]).
     pub pack_target: usize,
 }
 
@@ -61,12 +66,29 @@ pub struct FileChunks {
 struct IndexState {
     segments: Vec<Arc<Segment>>,
     /// Objects of packs no segment covers yet: packs sealed by this process
-    /// since the last flush, or found on disk uncovered when opening.
-    extra: HashMap<ObjectId, Location>,
+    /// since the last flush, or found on disk uncovered when opening, or
+    /// covered only by a segment found damaged.
+    extra: HashMap<ObjectId, Vec<Location>>,
     /// Packs behind `extra`.
     uncovered: Vec<PackId>,
+    /// Damaged segments dropped from use; a writer replaces and removes them.
+    dropped: Vec<PathBuf>,
     /// Problems met while loading (damaged segments or packs, skipped).
     problems: Vec<StoreError>,
+}
+
+impl IndexState {
+    fn add_pack(&mut self, pack: PackId, entries: Vec<PackEntry>) {
+        for e in entries {
+            self.extra.entry(e.id).or_default().push(Location { pack, offset: e.offset, len: e.len });
+        }
+        self.uncovered.push(pack);
+    }
+}
+
+struct PackHandle {
+    file: Arc<dyn ReadAt>,
+    nonce: [u8; crate::crypto::NONCE_LEN],
 }
 
 pub(crate) struct Inner {
@@ -77,7 +99,7 @@ pub(crate) struct Inner {
     repo_key: RepoKey,
     opts: StoreOptions,
     state: RwLock<IndexState>,
-    packs: Mutex<HashMap<PackId, Arc<dyn ReadAt>>>,
+    packs: Mutex<HashMap<PackId, Arc<PackHandle>>>,
 }
 
 /// An open store. Cheap to clone; all clones share state.
@@ -100,13 +122,25 @@ pub(crate) fn pack_path(root: &Path, id: &PackId) -> PathBuf {
     root.join("packs").join(format!("{id}.pack"))
 }
 
-/// Parses `<64 hex>.<ext>` file names.
+/// Parses `<64 lowercase hex>.<ext>` file names.
 pub(crate) fn parse_name(name: &std::ffi::OsStr, ext: &str) -> Option<[u8; 32]> {
     let name = name.to_str()?;
     let hex_part = name.strip_suffix(ext)?.strip_suffix('.')?;
+    if hex_part.bytes().any(|b| b.is_ascii_uppercase()) {
+        return None;
+    }
     let mut out = [0u8; 32];
     hex::decode_to_slice(hex_part, &mut out).ok()?;
     Some(out)
+}
+
+/// Lists a directory, treating a missing one as empty.
+fn list_or_empty(vfs: &dyn Vfs, dir: &Path) -> Result<Vec<std::ffi::OsString>, StoreError> {
+    match vfs.list_dir(dir) {
+        Ok(n) => Ok(n),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(StoreError::io("list", dir)(e)),
+    }
 }
 
 impl Store {
@@ -114,15 +148,28 @@ impl Store {
     /// `repo` with key `key`.
     pub fn create(root: &Path, repo: RepoId, key: &RepoKey, opts: StoreOptions) -> Result<Self, StoreError> {
         let vfs = opts.vfs.clone();
+        // Make every directory this creates durable in its parent.
+        let mut missing = Vec::new();
+        for a in root.ancestors() {
+            if vfs.exists(a).map_err(StoreError::io("stat", a))? {
+                break;
+            }
+            missing.push(a.to_path_buf());
+        }
         for d in ["packs", "index", "tmp"] {
             let p = root.join(d);
             vfs.create_dir_all(&p).map_err(StoreError::io("create directory", &p))?;
         }
         vfs.sync_dir(root).map_err(StoreError::io("fsync directory", root))?;
+        for d in &missing {
+            if let Some(parent) = d.parent().filter(|p| !p.as_os_str().is_empty()) {
+                vfs.sync_dir(parent).map_err(StoreError::io("fsync directory", parent))?;
+            }
+        }
         // Hold the writer lock so that two concurrent creates cannot both
         // write a key file: the second finds the first's.
         let lock = root.join("lock");
-        let _guard = vfs
+        let guard = vfs
             .try_lock(&lock, std::process::id())
             .map_err(StoreError::io("lock", &lock))?
             .ok_or_else(|| StoreError::AlreadyExists { path: root.to_path_buf() })?;
@@ -131,7 +178,7 @@ impl Store {
             return Err(StoreError::AlreadyExists { path: root.to_path_buf() });
         }
         write_file(&*vfs, &root.join("tmp"), &key_path, &encode_key_file(&repo, key))?;
-        drop(_guard);
+        drop(guard);
         Self::open(root, opts)
     }
 
@@ -139,10 +186,16 @@ impl Store {
     pub fn open(root: &Path, opts: StoreOptions) -> Result<Self, StoreError> {
         let vfs = opts.vfs.clone();
         let key_path = root.join("key");
-        let bytes = match vfs.read_file(&key_path) {
+        let bytes = match vfs.read_file(&key_path, KEY_FILE_LEN as u64) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(StoreError::NotAStore { path: root.to_path_buf() })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                return Err(StoreError::KeyFile {
+                    path: key_path,
+                    source: DecodeError::Invalid(format!("key file is not {KEY_FILE_LEN} bytes")),
+                })
             }
             Err(e) => return Err(StoreError::io("read", &key_path)(e)),
         };
@@ -150,6 +203,11 @@ impl Store {
             .map_err(|source| StoreError::KeyFile { path: key_path.clone(), source })?;
         if let Err(e) = opts.chunker.validate() {
             return Err(StoreError::InvalidObject { source: DecodeError::Invalid(e) });
+        }
+        if opts.pack_target == 0 || opts.pack_target > MAX_PACK_TARGET {
+            return Err(StoreError::InvalidObject {
+                source: DecodeError::Invalid(format!("pack target must be 1 to {MAX_PACK_TARGET} bytes")),
+            });
         }
         let store = Self {
             inner: Arc::new(Inner {
@@ -187,6 +245,12 @@ impl Store {
         &self.inner.keys
     }
 
+    /// The chunker settings of this store, seeded from the repo key. Any
+    /// code that computes chunk ids for this store must chunk with these.
+    pub fn chunker_params(&self) -> ChunkerParams {
+        ChunkerParams { seed: self.inner.keys.chunker_seed, ..self.inner.opts.chunker }
+    }
+
     fn read_state(&self) -> std::sync::RwLockReadGuard<'_, IndexState> {
         self.inner.state.read().unwrap_or_else(|e| e.into_inner())
     }
@@ -198,8 +262,30 @@ impl Store {
     /// Re-reads the index from disk, to see what another process wrote.
     /// Packs no segment covers are indexed from their own headers.
     pub fn refresh(&self) -> Result<(), StoreError> {
-        let state = self.load_state()?;
-        *self.write_state() = state;
+        let mut fresh = self.load_state()?;
+        let mut state = self.write_state();
+        // Packs this process sealed while the new state was being loaded
+        // are not lost from view.
+        let covered: HashSet<PackId> = fresh
+            .segments
+            .iter()
+            .flat_map(|s| s.packs().iter().copied())
+            .chain(fresh.uncovered.iter().copied())
+            .collect();
+        for pack in state.uncovered.clone() {
+            if !covered.contains(&pack) {
+                let entries: Vec<(ObjectId, Location)> = state
+                    .extra
+                    .iter()
+                    .flat_map(|(id, locs)| locs.iter().filter(|l| l.pack == pack).map(move |l| (*id, *l)))
+                    .collect();
+                for (id, loc) in entries {
+                    fresh.extra.entry(id).or_default().push(loc);
+                }
+                fresh.uncovered.push(pack);
+            }
+        }
+        *state = fresh;
         Ok(())
     }
 
@@ -215,11 +301,12 @@ impl Store {
         // A concurrent writer may delete merged segments between our listing
         // and our opening them: list again then.
         let mut attempts = 0;
-        let (segments, mut problems) = 'load: loop {
+        let (segments, mut problems, dropped) = 'load: loop {
             attempts += 1;
-            let names = vfs.list_dir(&index_dir).map_err(StoreError::io("list", &index_dir))?;
+            let names = list_or_empty(vfs, &index_dir)?;
             let mut segments = Vec::new();
             let mut problems = Vec::new();
+            let mut dropped = Vec::new();
             for name in names {
                 if parse_name(&name, "idx").is_none() {
                     continue;
@@ -232,85 +319,138 @@ impl Store {
                     {
                         continue 'load;
                     }
-                    Err(e @ StoreError::CorruptIndex { .. }) => problems.push(e),
+                    Err(e @ StoreError::CorruptIndex { .. }) => {
+                        problems.push(e);
+                        dropped.push(path);
+                    }
                     Err(e) => return Err(e),
                 }
             }
-            break (segments, problems);
+            break (segments, problems, dropped);
         };
         let covered: HashSet<PackId> = segments.iter().flat_map(|s| s.packs().iter().copied()).collect();
-        let mut extra = HashMap::new();
-        let mut uncovered = Vec::new();
+        let mut state = IndexState { segments, dropped, ..IndexState::default() };
         for pack in self.list_packs()? {
             if covered.contains(&pack) {
                 continue;
             }
             match self.pack_header(&pack) {
-                Ok(entries) => {
-                    for e in entries {
-                        extra.insert(e.id, Location { pack, offset: e.offset, len: e.len });
-                    }
-                    uncovered.push(pack);
-                }
+                Ok(entries) => state.add_pack(pack, entries),
                 Err(e) => problems.push(e),
             }
         }
-        Ok(IndexState { segments, extra, uncovered, problems })
+        state.problems = problems;
+        Ok(state)
+    }
+
+    /// Stops using a segment found damaged: its packs are indexed from their
+    /// headers instead, and the next writer saves that and removes the file.
+    fn drop_segment(&self, bad: &Arc<Segment>, err: StoreError) {
+        let mut state = self.write_state();
+        if !state.segments.iter().any(|s| Arc::ptr_eq(s, bad)) {
+            return;
+        }
+        state.segments.retain(|s| !Arc::ptr_eq(s, bad));
+        state.dropped.push(bad.path().to_path_buf());
+        state.problems.push(err);
+        let covered: HashSet<PackId> = state
+            .segments
+            .iter()
+            .flat_map(|s| s.packs().iter().copied())
+            .chain(state.uncovered.iter().copied())
+            .collect();
+        for pack in bad.packs() {
+            if covered.contains(pack) {
+                continue;
+            }
+            match self.pack_header(pack) {
+                Ok(entries) => state.add_pack(*pack, entries),
+                Err(e) => state.problems.push(e),
+            }
+        }
     }
 
     /// Ids of all pack files present.
     pub fn list_packs(&self) -> Result<Vec<PackId>, StoreError> {
         let dir = self.inner.root.join("packs");
-        let names = self.inner.vfs.list_dir(&dir).map_err(StoreError::io("list", &dir))?;
+        let names = list_or_empty(&*self.inner.vfs, &dir)?;
         Ok(names.iter().filter_map(|n| parse_name(n, "pack")).map(PackId).collect())
     }
 
-    pub(crate) fn open_pack(&self, pack: &PackId) -> Result<Arc<dyn ReadAt>, StoreError> {
-        let mut cache = lock_ignoring_poison(&self.inner.packs);
-        if let Some(f) = cache.get(pack) {
-            return Ok(f.clone());
+    fn open_pack(&self, pack: &PackId) -> Result<Arc<PackHandle>, StoreError> {
+        if let Some(h) = lock_ignoring_poison(&self.inner.packs).get(pack) {
+            return Ok(h.clone());
         }
         let path = pack_path(&self.inner.root, pack);
-        let f = self.inner.vfs.open_read(&path).map_err(StoreError::io("open", &path))?;
+        let file = self.inner.vfs.open_read(&path).map_err(StoreError::io("open", &path))?;
+        let nonce =
+            read_body_nonce(&*file).map_err(|source| StoreError::CorruptPack { pack: *pack, source })?;
+        let handle = Arc::new(PackHandle { file, nonce });
+        let mut cache = lock_ignoring_poison(&self.inner.packs);
         if cache.len() >= OPEN_PACKS {
             cache.clear();
         }
-        cache.insert(*pack, f.clone());
-        Ok(f)
+        cache.insert(*pack, handle.clone());
+        Ok(handle)
+    }
+
+    pub(crate) fn pack_file(&self, pack: &PackId) -> Result<Arc<dyn ReadAt>, StoreError> {
+        let path = pack_path(&self.inner.root, pack);
+        self.inner.vfs.open_read(&path).map_err(StoreError::io("open", &path))
     }
 
     /// Reads and decrypts a pack's header.
     pub fn pack_header(&self, pack: &PackId) -> Result<Vec<PackEntry>, StoreError> {
-        let f = self.open_pack(pack)?;
+        let f = self.pack_file(pack)?;
         let path = pack_path(&self.inner.root, pack);
         let len = f.len().map_err(StoreError::io("stat", &path))?;
         read_header(&*f, len, &self.inner.keys)
             .map_err(|source| StoreError::CorruptPack { pack: *pack, source })
     }
 
+    /// Every place an object is stored (usually one).
+    pub fn locate_all(&self, id: &ObjectId) -> Result<Vec<Location>, StoreError> {
+        loop {
+            let segments = {
+                let state = self.read_state();
+                let mut out: Vec<Location> = state.extra.get(id).cloned().unwrap_or_default();
+                let segments = state.segments.clone();
+                drop(state);
+                let mut failed = None;
+                for seg in &segments {
+                    match seg.lookup(id) {
+                        Ok(Some(loc)) => out.push(loc),
+                        Ok(None) => {}
+                        Err(e @ StoreError::CorruptIndex { .. }) => {
+                            failed = Some((seg.clone(), e));
+                            break;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                match failed {
+                    None => return Ok(out),
+                    Some(f) => f,
+                }
+            };
+            self.drop_segment(&segments.0, segments.1);
+        }
+    }
+
     /// Where an object is stored, if it is.
     pub fn locate(&self, id: &ObjectId) -> Result<Option<Location>, StoreError> {
-        let state = self.read_state();
-        if let Some(loc) = state.extra.get(id) {
-            return Ok(Some(*loc));
-        }
-        for seg in &state.segments {
-            if let Some(loc) = seg.lookup(id)? {
-                return Ok(Some(loc));
-            }
-        }
-        Ok(None)
+        Ok(self.locate_all(id)?.into_iter().next())
     }
 
     /// Whether the store holds an object.
     pub fn contains(&self, id: &ObjectId) -> Result<bool, StoreError> {
-        Ok(self.locate(id)?.is_some())
+        Ok(!self.locate_all(id)?.is_empty())
     }
 
     pub(crate) fn read_at(&self, id: &ObjectId, loc: &Location) -> Result<Vec<u8>, StoreError> {
-        let f = self.open_pack(&loc.pack)?;
+        let h = self.open_pack(&loc.pack)?;
         let mut buf = vec![0u8; loc.len as usize];
-        f.read_exact_at(&mut buf, loc.offset).map_err(|e| {
+        h.file.read_exact_at(&mut buf, loc.offset).map_err(|e| {
             if e.kind() == std::io::ErrorKind::UnexpectedEof {
                 StoreError::CorruptObject {
                     id: *id,
@@ -321,6 +461,7 @@ impl Store {
                 StoreError::io("read", pack_path(&self.inner.root, &loc.pack))(e)
             }
         })?;
+        apply_body_stream(&self.inner.keys, &h.nonce, loc.offset, &mut buf);
         object::check_id(id, &buf).map_err(|source| StoreError::CorruptObject {
             id: *id,
             pack: Some(loc.pack),
@@ -329,12 +470,26 @@ impl Store {
         Ok(buf)
     }
 
-    /// An object's stored bytes, verified against its id; `None` if absent.
-    pub fn try_get_raw(&self, id: &ObjectId) -> Result<Option<Vec<u8>>, StoreError> {
-        match self.locate(id)? {
-            Some(loc) => self.read_at(id, &loc).map(Some),
+    /// Reads the first copy of `id` that verifies; the first error if none.
+    fn read_verified(&self, id: &ObjectId) -> Result<Option<(Vec<u8>, PackId)>, StoreError> {
+        let mut first_err = None;
+        for loc in self.locate_all(id)? {
+            match self.read_at(id, &loc) {
+                Ok(b) => return Ok(Some((b, loc.pack))),
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
             None => Ok(None),
         }
+    }
+
+    /// An object's stored bytes, verified against its id; `None` if absent.
+    pub fn try_get_raw(&self, id: &ObjectId) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.read_verified(id)?.map(|(b, _)| b))
     }
 
     /// An object's stored bytes, verified against its id.
@@ -343,11 +498,10 @@ impl Store {
     }
 
     fn get_payload(&self, id: &ObjectId, kind: ObjectKind) -> Result<Vec<u8>, StoreError> {
-        let loc = self.locate(id)?.ok_or(StoreError::NotFound { id: *id })?;
-        let stored = self.read_at(id, &loc)?;
+        let (stored, pack) = self.read_verified(id)?.ok_or(StoreError::NotFound { id: *id })?;
         object::open(&self.inner.keys, kind, &stored).map_err(|source| StoreError::CorruptObject {
             id: *id,
-            pack: Some(loc.pack),
+            pack: Some(pack),
             source,
         })
     }
@@ -363,16 +517,23 @@ impl Store {
         Tree::decode(&payload).map_err(|source| StoreError::CorruptObject { id: *id, pack: None, source })
     }
 
-    /// A version, with its signature verified.
+    /// A version, with its signature verified and its repository checked.
     pub fn get_version(&self, id: &VersionId) -> Result<SignedVersion, StoreError> {
         let oid = ObjectId::from(*id);
-        let loc = self.locate(&oid)?.ok_or(StoreError::NotFound { id: oid })?;
-        let stored = self.read_at(&oid, &loc)?;
-        SignedVersion::from_stored(&stored).map_err(|source| StoreError::CorruptObject {
+        let (stored, pack) = self.read_verified(&oid)?.ok_or(StoreError::NotFound { id: oid })?;
+        let v = SignedVersion::from_stored(&stored).map_err(|source| StoreError::CorruptObject {
             id: oid,
-            pack: Some(loc.pack),
+            pack: Some(pack),
             source,
-        })
+        })?;
+        if v.body().repo != self.inner.repo {
+            return Err(StoreError::CorruptObject {
+                id: oid,
+                pack: Some(pack),
+                source: DecodeError::Invalid("the version belongs to another repository".into()),
+            });
+        }
+        Ok(v)
     }
 
     /// Writes the whole contents of a file, chunk by chunk, to `out`.
@@ -388,9 +549,11 @@ impl Store {
 
     /// Ids of every indexed object, in no particular order.
     pub fn list_objects(&self) -> Result<Vec<ObjectId>, StoreError> {
-        let state = self.read_state();
-        let mut ids: Vec<ObjectId> = state.extra.keys().copied().collect();
-        for seg in &state.segments {
+        let (mut ids, segments): (Vec<ObjectId>, Vec<Arc<Segment>>) = {
+            let state = self.read_state();
+            (state.extra.keys().copied().collect(), state.segments.clone())
+        };
+        for seg in &segments {
             for r in seg.scan() {
                 ids.push(r?.0);
             }
@@ -410,14 +573,14 @@ impl Store {
     pub fn writer_wait(&self, timeout: Duration) -> Result<Writer, StoreError> {
         let vfs = &*self.inner.vfs;
         let path = self.inner.root.join("lock");
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now().checked_add(timeout);
         let guard = loop {
             if let Some(g) = vfs.try_lock(&path, std::process::id()).map_err(StoreError::io("lock", &path))? {
                 break g;
             }
-            if Instant::now() >= deadline {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
                 let pid = vfs
-                    .read_file(&path)
+                    .read_file(&path, 64)
                     .ok()
                     .and_then(|b| String::from_utf8(b).ok())
                     .and_then(|s| s.trim().parse().ok());
@@ -425,15 +588,27 @@ impl Store {
             }
             std::thread::sleep(Duration::from_millis(20));
         };
-        let tmp = self.inner.root.join("tmp");
-        vfs.create_dir_all(&tmp).map_err(StoreError::io("create directory", &tmp))?;
+        for d in ["tmp", "index", "packs"] {
+            let p = self.inner.root.join(d);
+            vfs.create_dir_all(&p).map_err(StoreError::io("create directory", &p))?;
+        }
         // Whatever is in tmp/ belongs to a writer that is gone.
-        for name in vfs.list_dir(&tmp).map_err(StoreError::io("list", &tmp))? {
+        let tmp = self.inner.root.join("tmp");
+        for name in list_or_empty(vfs, &tmp)? {
             let p = tmp.join(name);
-            vfs.remove_file(&p).map_err(StoreError::io("remove", &p))?;
+            if let Err(e) = vfs.remove_file(&p) {
+                if e.kind() != std::io::ErrorKind::NotFound && std::fs::remove_dir_all(&p).is_err() {
+                    return Err(StoreError::io("remove", &p)(e));
+                }
+            }
         }
         self.refresh()?;
-        let w = Writer { store: self.clone(), _guard: guard, open: Mutex::new(OpenPack::default()) };
+        let w = Writer {
+            store: self.clone(),
+            _guard: guard,
+            open: Mutex::new(OpenPack::new(&self.inner.keys)?),
+            flushing: Mutex::new(()),
+        };
         w.save_index()?;
         Ok(w)
     }
@@ -450,10 +625,15 @@ pub(crate) fn error_chain(e: &StoreError) -> String {
     s
 }
 
-#[derive(Default)]
 struct OpenPack {
     builder: PackBuilder,
     map: HashMap<ObjectId, PackEntry>,
+}
+
+impl OpenPack {
+    fn new(keys: &Keys) -> Result<Self, StoreError> {
+        Ok(Self { builder: PackBuilder::new(keys)?, map: HashMap::new() })
+    }
 }
 
 /// The store's single writer. Dropping it releases the lock; objects put
@@ -462,6 +642,8 @@ pub struct Writer {
     store: Store,
     _guard: LockGuard,
     open: Mutex<OpenPack>,
+    /// Serializes flushes, which write and merge index segments.
+    flushing: Mutex<()>,
 }
 
 impl std::fmt::Debug for Writer {
@@ -486,7 +668,7 @@ impl Writer {
             });
         }
         let (id, stored) = object::seal(&self.store.inner.keys, ObjectKind::Chunk, data);
-        self.put_stored(id, &stored)
+        self.put_stored(id, &stored, false)
     }
 
     /// Stores a tree.
@@ -500,17 +682,23 @@ impl Writer {
             });
         }
         let (id, stored) = object::seal(&self.store.inner.keys, ObjectKind::Tree, &payload);
-        self.put_stored(id, &stored)
+        self.put_stored(id, &stored, false)
     }
 
-    /// Stores a signed version.
+    /// Stores a signed version of this store's repository.
     pub fn put_version(&self, version: &SignedVersion) -> Result<VersionId, StoreError> {
-        self.put_stored(version.id().into(), version.stored()).map(VersionId::from)
+        if version.body().repo != self.store.inner.repo {
+            return Err(StoreError::InvalidObject {
+                source: DecodeError::Invalid("the version belongs to another repository".into()),
+            });
+        }
+        self.put_stored(version.id().into(), version.stored(), false).map(VersionId::from)
     }
 
     /// Stores an object received as stored bytes (from a peer), checking
-    /// that the bytes hash to `id` and start like an object. Versions are
-    /// also checked for a valid signature.
+    /// that the bytes hash to `id` and start like an object; versions must
+    /// verify and belong to this repository. If the store holds the object
+    /// already but every copy is damaged, these bytes are stored anew.
     pub fn put_raw(&self, id: &ObjectId, stored: &[u8]) -> Result<(), StoreError> {
         if stored.len() > MAX_OBJECT_SIZE {
             return Err(StoreError::TooLarge {
@@ -522,14 +710,20 @@ impl Writer {
         object::check_id(id, stored).map_err(|source| StoreError::InvalidObject { source })?;
         let kind = ObjectKind::of_stored(stored).map_err(|source| StoreError::InvalidObject { source })?;
         if kind == ObjectKind::Version {
-            SignedVersion::from_stored(stored).map_err(|source| StoreError::InvalidObject { source })?;
+            let v =
+                SignedVersion::from_stored(stored).map_err(|source| StoreError::InvalidObject { source })?;
+            if v.body().repo != self.store.inner.repo {
+                return Err(StoreError::InvalidObject {
+                    source: DecodeError::Invalid("the version belongs to another repository".into()),
+                });
+            }
         }
-        self.put_stored(*id, stored).map(|_| ())
+        self.put_stored(*id, stored, true).map(|_| ())
     }
 
     /// Chunks and stores everything `reader` yields.
     pub fn put_file(&self, mut reader: impl Read) -> Result<FileChunks, StoreError> {
-        let mut chunker = Chunker::with_params(&mut reader, self.store.inner.opts.chunker);
+        let mut chunker = Chunker::with_params(&mut reader, self.store.chunker_params());
         let mut out = FileChunks::default();
         while let Some(chunk) = chunker.next_chunk().map_err(StoreError::io("read", "<input>"))? {
             out.chunks.push(self.put_chunk(chunk)?);
@@ -538,8 +732,15 @@ impl Writer {
         Ok(out)
     }
 
-    fn put_stored(&self, id: ObjectId, stored: &[u8]) -> Result<ObjectId, StoreError> {
-        if self.store.contains(&id)? {
+    /// Appends an object unless the store has it. With `check_existing`, a
+    /// stored copy only counts if it reads back intact.
+    fn put_stored(&self, id: ObjectId, stored: &[u8], check_existing: bool) -> Result<ObjectId, StoreError> {
+        let present = if check_existing {
+            matches!(self.store.read_verified(&id), Ok(Some(_)))
+        } else {
+            self.store.contains(&id)?
+        };
+        if present {
             return Ok(id);
         }
         let mut open = lock_ignoring_poison(&self.open);
@@ -548,7 +749,9 @@ impl Writer {
         }
         let entry = open.builder.push(id, stored);
         open.map.insert(id, entry);
-        if open.builder.len() >= self.store.inner.opts.pack_target {
+        if open.builder.len() >= self.store.inner.opts.pack_target
+            || open.builder.count() >= MAX_PACK_OBJECTS / 2
+        {
             self.seal(&mut open)?;
         }
         Ok(id)
@@ -559,7 +762,7 @@ impl Writer {
         {
             let open = lock_ignoring_poison(&self.open);
             if let Some(e) = open.map.get(id) {
-                return Ok(open.builder.get(e).to_vec());
+                return Ok(open.builder.get(e));
             }
         }
         self.store.get_raw(id)
@@ -572,17 +775,13 @@ impl Writer {
             return Ok(());
         }
         let inner = &self.store.inner;
-        let (pack, tail) = open.builder.seal(&inner.keys)?;
+        let (pack, tail) = open.builder.seal()?;
         let mut tmp = TmpFile::create(&*inner.vfs, &inner.root.join("tmp"))?;
         tmp.write(open.builder.bytes())?;
         tmp.write(&tail)?;
         tmp.commit(&pack_path(&inner.root, &pack))?;
-        let done = std::mem::take(open);
-        let mut state = self.store.write_state();
-        for e in done.builder.entries() {
-            state.extra.insert(e.id, Location { pack, offset: e.offset, len: e.len });
-        }
-        state.uncovered.push(pack);
+        let done = std::mem::replace(open, OpenPack::new(&inner.keys)?);
+        self.store.write_state().add_pack(pack, done.builder.entries().to_vec());
         Ok(())
     }
 
@@ -597,12 +796,20 @@ impl Writer {
         self.save_index()
     }
 
-    /// Writes a segment for all uncovered packs, then merges segments.
+    /// Writes a segment for all uncovered packs, removes segments dropped as
+    /// damaged, then merges segments.
     fn save_index(&self) -> Result<(), StoreError> {
+        let _flushing = lock_ignoring_poison(&self.flushing);
         let inner = &self.store.inner;
-        let (packs, mut entries): (Vec<PackId>, Vec<(ObjectId, Location)>) = {
+        let (packs, mut entries, dropped): (Vec<PackId>, Vec<(ObjectId, Location)>, Vec<PathBuf>) = {
             let state = self.store.read_state();
-            (state.uncovered.clone(), state.extra.iter().map(|(k, v)| (*k, *v)).collect())
+            let mut entries = Vec::new();
+            for (id, locs) in &state.extra {
+                if let Some(l) = locs.first() {
+                    entries.push((*id, *l));
+                }
+            }
+            (state.uncovered.clone(), entries, state.dropped.clone())
         };
         if !packs.is_empty() {
             entries.sort_by_key(|e| e.0);
@@ -617,23 +824,50 @@ impl Writer {
             let seg = Arc::new(Segment::open(&*inner.vfs, &path)?);
             let mut state = self.store.write_state();
             for (id, _) in &entries {
-                state.extra.remove(id);
+                if let Some(locs) = state.extra.get_mut(id) {
+                    locs.retain(|l| !packs.contains(&l.pack));
+                    if locs.is_empty() {
+                        state.extra.remove(id);
+                    }
+                }
             }
             state.uncovered.retain(|p| !packs.contains(p));
             state.segments.push(seg);
+        }
+        if !dropped.is_empty() {
+            // Their packs are covered by the segment just written.
+            for p in &dropped {
+                match inner.vfs.remove_file(p) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(StoreError::io("remove", p)(e)),
+                }
+            }
+            let dir = inner.root.join("index");
+            inner.vfs.sync_dir(&dir).map_err(StoreError::io("fsync directory", &dir))?;
+            self.store.write_state().dropped.retain(|p| !dropped.contains(p));
         }
         self.merge_segments()
     }
 
     fn merge_segments(&self) -> Result<(), StoreError> {
-        let inner = &self.store.inner;
         loop {
             let segments = self.store.read_state().segments.clone();
             let counts: Vec<u64> = segments.iter().map(|s| s.count()).collect();
             let Some(pick) = plan_merge(&counts) else { return Ok(()) };
             let chosen: Vec<Arc<Segment>> = pick.iter().map(|&i| segments[i].clone()).collect();
-            self.replace_segments(&chosen)?;
-            let _ = inner;
+            match self.replace_segments(&chosen) {
+                Ok(()) => {}
+                Err(StoreError::CorruptIndex { path, source }) => {
+                    // A damaged segment leaves the merge; its packs are
+                    // indexed from their headers and saved next flush.
+                    let Some(bad) = chosen.iter().find(|s| s.path() == path) else {
+                        return Err(StoreError::CorruptIndex { path, source });
+                    };
+                    self.store.drop_segment(bad, StoreError::CorruptIndex { path: path.clone(), source });
+                }
+                Err(e) => return Err(e),
+            }
         }
     }
 
@@ -652,15 +886,14 @@ impl Writer {
             state.segments.retain(|s| !old.iter().any(|o| Arc::ptr_eq(o, s)));
             state.segments.push(seg);
         }
-        self.remove_segment_files(old, &path)
-    }
-
-    fn remove_segment_files(&self, old: &[Arc<Segment>], keep: &Path) -> Result<(), StoreError> {
-        let inner = &self.store.inner;
         for s in old {
             // Merging a segment with itself gives the same file name.
-            if s.path() != keep {
-                inner.vfs.remove_file(s.path()).map_err(StoreError::io("remove", s.path()))?;
+            if s.path() != path {
+                match inner.vfs.remove_file(s.path()) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(StoreError::io("remove", s.path())(e)),
+                }
             }
         }
         let dir = inner.root.join("index");
@@ -671,6 +904,7 @@ impl Writer {
     /// segment with one new segment. Damaged packs are skipped and returned.
     pub fn rebuild_index(&self) -> Result<Vec<StoreError>, StoreError> {
         self.flush()?;
+        let _flushing = lock_ignoring_poison(&self.flushing);
         let inner = &self.store.inner;
         let mut entries = Vec::new();
         let mut packs = Vec::new();
@@ -688,22 +922,21 @@ impl Writer {
         }
         entries.sort_by_key(|e| e.0);
         entries.dedup_by_key(|e| e.0);
-        let old = {
-            let dir = inner.root.join("index");
-            let names = inner.vfs.list_dir(&dir).map_err(StoreError::io("list", &dir))?;
-            names
-                .into_iter()
-                .filter(|n| parse_name(n, "idx").is_some())
-                .map(|n| dir.join(n))
-                .collect::<Vec<_>>()
-        };
-        let source = || Box::new(entries.iter().map(|e| Ok(*e))) as Box<dyn Iterator<Item = _>>;
-        let path =
-            write_segment(&*inner.vfs, &inner.root.join("tmp"), &inner.root.join("index"), &packs, &source)?;
-        for p in old.iter().filter(|p| **p != path) {
-            inner.vfs.remove_file(p).map_err(StoreError::io("remove", p))?;
-        }
         let dir = inner.root.join("index");
+        let old: Vec<PathBuf> = list_or_empty(&*inner.vfs, &dir)?
+            .into_iter()
+            .filter(|n| parse_name(n, "idx").is_some())
+            .map(|n| dir.join(n))
+            .collect();
+        let source = || Box::new(entries.iter().map(|e| Ok(*e))) as Box<dyn Iterator<Item = _>>;
+        let path = write_segment(&*inner.vfs, &inner.root.join("tmp"), &dir, &packs, &source)?;
+        for p in old.iter().filter(|p| **p != path) {
+            match inner.vfs.remove_file(p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(StoreError::io("remove", p)(e)),
+            }
+        }
         inner.vfs.sync_dir(&dir).map_err(StoreError::io("fsync directory", &dir))?;
         self.store.refresh()?;
         Ok(skipped)

@@ -47,7 +47,7 @@ impl Name {
             Some("contains NUL")
         } else if bytes.len() > MAX_NAME_LEN {
             Some("longer than 255 bytes")
-        } else if bytes.eq_ignore_ascii_case(b".dbox") {
+        } else if folds_to_dot_dbox(&bytes) {
             Some("reserved for the repository")
         } else {
             None
@@ -77,6 +77,26 @@ impl std::fmt::Display for Name {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&String::from_utf8_lossy(&self.0))
     }
+}
+
+/// Whether a file system could take `name` for `.dbox`: ASCII case is
+/// ignored (macOS, Windows), as are the code points HFS+ ignores in names
+/// (U+200C–U+200F, U+202A–U+202E, U+206A–U+206F, U+FEFF), and trailing dots
+/// and spaces, which Windows drops.
+fn folds_to_dot_dbox(name: &[u8]) -> bool {
+    let folded: Vec<u8> = match std::str::from_utf8(name) {
+        Ok(s) => s
+            .chars()
+            .filter(|c| !matches!(*c as u32, 0x200C..=0x200F | 0x202A..=0x202E | 0x206A..=0x206F | 0xFEFF))
+            .collect::<String>()
+            .into_bytes(),
+        Err(_) => name.to_vec(),
+    };
+    let mut end = folded.len();
+    while end > 0 && matches!(folded[end - 1], b'.' | b' ') {
+        end -= 1;
+    }
+    folded[..end].eq_ignore_ascii_case(b".dbox")
 }
 
 /// What an entry is.
@@ -247,7 +267,31 @@ fn check_node(node: &Node) -> Result<(), DecodeError> {
 #[serde(deny_unknown_fields)]
 struct WireTree {
     v: u32,
+    #[serde(deserialize_with = "bounded_entries")]
     e: Vec<WireEntry>,
+}
+
+/// Decodes the entry list, refusing more than [`MAX_TREE_ENTRIES`] before
+/// building them, so a payload of many tiny entries cannot take gigabytes.
+fn bounded_entries<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<WireEntry>, D::Error> {
+    struct V;
+    impl<'de> serde::de::Visitor<'de> for V {
+        type Value = Vec<WireEntry>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "at most {MAX_TREE_ENTRIES} tree entries")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+            while let Some(e) = seq.next_element()? {
+                if out.len() == MAX_TREE_ENTRIES {
+                    return Err(serde::de::Error::custom("too many tree entries"));
+                }
+                out.push(e);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_seq(V)
 }
 
 #[derive(Serialize, Deserialize)]
@@ -279,7 +323,21 @@ mod tests {
 
     #[test]
     fn refuses_bad_names() {
-        for bad in [&b""[..], b".", b"..", b"a/b", b"/etc", b"a\0b", b".dbox", b".DBox", &[b'x'; 256]] {
+        for bad in [
+            &b""[..],
+            b".",
+            b"..",
+            b"a/b",
+            b"/etc",
+            b"a\0b",
+            b".dbox",
+            b".DBox",
+            b".dbox.",
+            b".dbox ",
+            ".db\u{200c}ox".as_bytes(),
+            "\u{feff}.DBOX".as_bytes(),
+            &[b'x'; 256],
+        ] {
             assert!(Name::new(bad.to_vec()).is_err(), "{bad:?}");
         }
         for good in [&b"a"[..], b"...", b".dboxx", b"\xff\xfe", &[b'x'; 255]] {

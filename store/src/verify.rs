@@ -77,7 +77,7 @@ impl Store {
         let mut report = VerifyReport::default();
 
         let key_path = inner.root.join("key");
-        match vfs.read_file(&key_path) {
+        match vfs.read_file(&key_path, crate::keyfile::KEY_FILE_LEN as u64) {
             Ok(bytes) => match decode_key_file(&bytes) {
                 Ok((repo, key)) if repo == self.repo_id() && &key == self.repo_key() => {}
                 Ok(_) => report
@@ -102,7 +102,7 @@ impl Store {
         for pack in &packs {
             report.packs += 1;
             let subject = format!("pack {pack}");
-            let f = match self.open_pack(pack) {
+            let f = match self.pack_file(pack) {
                 Ok(f) => f,
                 Err(e) => {
                     report.problem(subject, error_chain(&e));

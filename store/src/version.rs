@@ -63,12 +63,18 @@ pub struct VersionInfo {
     /// Host name of the committing machine.
     #[serde(rename = "h")]
     pub host: String,
+    /// Padding, so that the sealed size says little about the message.
+    #[serde(rename = "p", default, with = "serde_bytes")]
+    pad: Vec<u8>,
 }
+
+/// The sealed info's plaintext is padded to a multiple of this.
+const INFO_PAD_TO: usize = 128;
 
 impl VersionInfo {
     /// Makes an info block.
     pub fn new(message: impl Into<String>, time_ms: i64, host: impl Into<String>) -> Self {
-        Self { format: VERSION_FORMAT, message: message.into(), time_ms, host: host.into() }
+        Self { format: VERSION_FORMAT, message: message.into(), time_ms, host: host.into(), pad: Vec::new() }
     }
 
     /// Encrypts this info for `repo`.
@@ -80,20 +86,32 @@ impl VersionInfo {
                 limit: MAX_MESSAGE_LEN as u64,
             });
         }
-        keys.info.seal_random(&info_aad(repo), &cbor::encode(self))
+        let mut padded = self.clone();
+        let mut plain = cbor::encode(&padded);
+        // The CBOR length of the pad grows in steps; some pad length lands on
+        // a multiple within a few hundred tries.
+        for n in 0..(4 * INFO_PAD_TO) {
+            if plain.len().is_multiple_of(INFO_PAD_TO) {
+                break;
+            }
+            padded.pad = vec![0; n + 1];
+            plain = cbor::encode(&padded);
+        }
+        keys.info.seal_random(&info_aad(repo), &plain)
     }
 
     /// Decrypts the info of a version of `repo`.
     pub fn open(keys: &Keys, repo: &RepoId, sealed: &[u8]) -> Result<Self, DecodeError> {
         let plain = keys.info.open(&info_aad(repo), sealed)?;
-        let info: Self = cbor::decode("version info", &plain, MAX_MESSAGE_LEN + MAX_HOST_LEN + 64)?;
+        let info: Self =
+            cbor::decode("version info", &plain, MAX_MESSAGE_LEN + MAX_HOST_LEN + 64 + 4 * INFO_PAD_TO)?;
         if info.format != VERSION_FORMAT {
             return Err(DecodeError::UnsupportedVersion { what: "version info", found: info.format });
         }
         if info.message.len() > MAX_MESSAGE_LEN || info.host.len() > MAX_HOST_LEN {
             return Err(DecodeError::Invalid("version message or host too long".into()));
         }
-        Ok(info)
+        Ok(Self { pad: Vec::new(), ..info })
     }
 }
 

@@ -59,10 +59,17 @@ pub trait Vfs: Send + Sync + fmt::Debug {
     /// waiting and writes `pid` into it. `Ok(None)` when another holds it.
     fn try_lock(&self, path: &Path, pid: u32) -> io::Result<Option<LockGuard>>;
 
-    /// Reads a whole small file.
-    fn read_file(&self, path: &Path) -> io::Result<Vec<u8>> {
+    /// Reads a whole small file; a file longer than `max` bytes is an
+    /// `InvalidData` error, before anything is allocated.
+    fn read_file(&self, path: &Path, max: u64) -> io::Result<Vec<u8>> {
         let f = self.open_read(path)?;
         let len = f.len()?;
+        if len > max {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{} is over {max} bytes", path.display()),
+            ));
+        }
         let len = usize::try_from(len).map_err(|_| io::Error::other("file too large"))?;
         let mut buf = vec![0; len];
         f.read_exact_at(&mut buf, 0)?;

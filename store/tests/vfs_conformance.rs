@@ -35,12 +35,14 @@ fn conformance(name: &str, fs: &dyn Vfs, dir: &Path) -> TestResult {
     r.read_exact_at(&mut buf, 6)?;
     assert_eq!(&buf, b"world", "{name}");
     assert!(r.read_exact_at(&mut buf, 8).is_err(), "{name}: reading past the end fails");
-    assert_eq!(fs.read_file(&p)?, b"hello world", "{name}");
+    assert_eq!(fs.read_file(&p, 100)?, b"hello world", "{name}");
+    let too_long = fs.read_file(&p, 5).expect_err("a file over the maximum is refused");
+    assert_eq!(too_long.kind(), std::io::ErrorKind::InvalidData, "{name}");
 
     let q = sub.join("g");
     fs.create_new(&q)?.write_all(b"other")?;
     fs.rename(&q, &p)?;
-    assert_eq!(fs.read_file(&p)?, b"other", "{name}: rename replaces");
+    assert_eq!(fs.read_file(&p, 100)?, b"other", "{name}: rename replaces");
     assert!(!fs.exists(&q)?, "{name}");
     fs.sync_dir(&sub)?;
     let mut names = fs.list_dir(&sub)?;
@@ -53,7 +55,7 @@ fn conformance(name: &str, fs: &dyn Vfs, dir: &Path) -> TestResult {
     let lock = dir.join("lock");
     let g = fs.try_lock(&lock, 42)?.ok_or("first lock")?;
     assert!(fs.try_lock(&lock, 43)?.is_none(), "{name}: the lock is exclusive");
-    assert_eq!(fs.read_file(&lock)?, b"42\n", "{name}: the lock names its holder");
+    assert_eq!(fs.read_file(&lock, 100)?, b"42\n", "{name}: the lock names its holder");
     drop(g);
     assert!(fs.try_lock(&lock, 44)?.is_some(), "{name}: dropping releases");
     Ok(())

@@ -23,7 +23,7 @@ pub fn bytes(seed: u64, len: usize) -> Vec<u8> {
 
 /// Small chunks so that small inputs still make many chunks.
 pub fn small_chunks() -> ChunkerParams {
-    ChunkerParams { min: 1024, avg: 4096, max: 16384 }
+    ChunkerParams { min: 1024, avg: 4096, max: 16384, ..ChunkerParams::default() }
 }
 
 pub fn options() -> StoreOptions {
