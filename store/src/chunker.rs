@@ -1,7 +1,8 @@
 //! Content-defined chunking of byte streams with FastCDC (2020).
 //!
-//! [`Chunker`] reads from any [`Read`] into one buffer of
-//! [`BUFFER_CHUNKS`] × `max` bytes and hands out chunks as slices of it, so a
+//! [`Chunker`] reads from any [`Read`] into one buffer of at most
+//! [`BUFFER_CHUNKS`] × `max` bytes (grown as needed, so a small file costs a
+//! small buffer) and hands out chunks as slices of it, so a
 //! 10 GiB file never sits in memory and no chunk is copied by the chunker.
 //! (fastcdc's own `StreamCDC` shifts its whole buffer after every chunk.)
 //!
@@ -114,7 +115,9 @@ impl<R: Read> Chunker<R> {
         let (gear, gear_ls) = fastcdc::v2020::get_gear_with_seed(params.seed);
         Self {
             reader,
-            buf: vec![0; params.max as usize * BUFFER_CHUNKS],
+            // Grown on demand up to BUFFER_CHUNKS × max, so small files cost
+            // small buffers.
+            buf: Vec::new(),
             start: 0,
             end: 0,
             eof: false,
@@ -138,7 +141,12 @@ impl<R: Read> Chunker<R> {
             self.end -= self.start;
             self.start = 0;
         }
-        while !self.eof && self.end < self.buf.len() {
+        let cap = self.params.max as usize * BUFFER_CHUNKS;
+        while !self.eof && self.end < cap {
+            if self.end == self.buf.len() {
+                let grown = (self.buf.len() * 2).max(64 * 1024).min(cap);
+                self.buf.resize(grown, 0);
+            }
             match self.reader.read(&mut self.buf[self.end..]) {
                 Ok(0) => self.eof = true,
                 Ok(n) => self.end += n,

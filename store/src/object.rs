@@ -83,6 +83,31 @@ impl fmt::Display for ObjectKind {
     }
 }
 
+thread_local! {
+    /// zstd contexts are costly to make (they allocate their windows), so
+    /// each thread keeps one per level instead of one per object.
+    static SAMPLER: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+    static COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+fn compress_with(
+    slot: &'static std::thread::LocalKey<std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>>>,
+    level: i32,
+    data: &[u8],
+) -> Option<Vec<u8>> {
+    slot.with(|cell| {
+        let mut c = cell.borrow_mut();
+        if c.is_none() {
+            *c = zstd::bulk::Compressor::new(level).ok();
+        }
+        c.as_mut()?.compress(data).ok()
+    })
+}
+
 /// Decides cheaply whether compressing `data` pays: compresses a sample at
 /// zstd's fastest level and keeps compression only if the sample shrinks by
 /// at least 1/8. Random or already-compressed data (photos, video, archives)
@@ -97,9 +122,9 @@ fn worth_compressing(data: &[u8]) -> bool {
     } else {
         data
     };
-    match zstd::bulk::compress(sample, 1) {
-        Ok(c) => c.len() * 8 < sample.len() * 7,
-        Err(_) => false,
+    match compress_with(&SAMPLER, 1, sample) {
+        Some(c) => c.len() * 8 < sample.len() * 7,
+        None => false,
     }
 }
 
@@ -116,7 +141,7 @@ pub fn seal(keys: &Keys, kind: ObjectKind, payload: &[u8]) -> (ObjectId, Vec<u8>
         ObjectKind::Version => panic!("versions are signed, not sealed"),
     };
     let compressed = if worth_compressing(payload) {
-        zstd::bulk::compress(payload, ZSTD_LEVEL).ok().filter(|c| c.len() < payload.len())
+        compress_with(&COMPRESSOR, ZSTD_LEVEL, payload).filter(|c| c.len() < payload.len())
     } else {
         None
     };
@@ -229,8 +254,18 @@ fn decompress_bounded(frame: &[u8], limit: usize) -> Result<Vec<u8>, DecodeError
             limit: limit as u64,
         });
     }
-    let out = zstd::bulk::decompress(frame, declared as usize)
-        .map_err(|e| DecodeError::Decompress(e.to_string()))?;
+    let out = DECOMPRESSOR.with(|cell| {
+        let mut d = cell.borrow_mut();
+        if d.is_none() {
+            *d = Some(zstd::bulk::Decompressor::new().map_err(|e| DecodeError::Decompress(e.to_string()))?);
+        }
+        match d.as_mut() {
+            Some(d) => {
+                d.decompress(frame, declared as usize).map_err(|e| DecodeError::Decompress(e.to_string()))
+            }
+            None => Err(DecodeError::Decompress("no decompressor".into())),
+        }
+    })?;
     if out.len() as u64 != declared {
         return Err(DecodeError::Decompress("content size does not match the frame header".into()));
     }

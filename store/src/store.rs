@@ -607,6 +607,7 @@ impl Store {
             store: self.clone(),
             _guard: guard,
             open: Mutex::new(OpenPack::new(&self.inner.keys)?),
+            pending: Mutex::new(Vec::new()),
             flushing: Mutex::new(()),
         };
         w.save_index()?;
@@ -630,6 +631,20 @@ struct OpenPack {
     map: HashMap<ObjectId, PackEntry>,
 }
 
+/// A full pack being written, or whose writing failed and awaits a retry.
+struct PendingPack {
+    pack: OpenPack,
+    /// Held while writing; true once written, so a flush racing the thread
+    /// that filled the pack does not write it twice.
+    written: Mutex<bool>,
+}
+
+type Pending = Arc<PendingPack>;
+
+fn pending(pack: OpenPack) -> Pending {
+    Arc::new(PendingPack { pack, written: Mutex::new(false) })
+}
+
 impl OpenPack {
     fn new(keys: &Keys) -> Result<Self, StoreError> {
         Ok(Self { builder: PackBuilder::new(keys)?, map: HashMap::new() })
@@ -642,6 +657,9 @@ pub struct Writer {
     store: Store,
     _guard: LockGuard,
     open: Mutex<OpenPack>,
+    /// Full packs not yet on disk: still readable and deduplicated while a
+    /// thread writes them outside the `open` lock.
+    pending: Mutex<Vec<Pending>>,
     /// Serializes flushes, which write and merge index segments.
     flushing: Mutex<()>,
 }
@@ -743,18 +761,33 @@ impl Writer {
         if present {
             return Ok(id);
         }
-        let mut open = lock_ignoring_poison(&self.open);
-        if open.map.contains_key(&id) {
-            return Ok(id);
-        }
-        let entry = open.builder.push(id, stored);
-        open.map.insert(id, entry);
-        if open.builder.len() >= self.store.inner.opts.pack_target
-            || open.builder.count() >= MAX_PACK_OBJECTS / 2
-        {
-            self.seal(&mut open)?;
+        let full = {
+            let mut open = lock_ignoring_poison(&self.open);
+            if open.map.contains_key(&id) || self.pending_get(&id).is_some() {
+                return Ok(id);
+            }
+            let entry = open.builder.push(id, stored);
+            open.map.insert(id, entry);
+            if open.builder.len() >= self.store.inner.opts.pack_target
+                || open.builder.count() >= MAX_PACK_OBJECTS / 2
+            {
+                let full = pending(std::mem::replace(&mut *open, OpenPack::new(&self.store.inner.keys)?));
+                lock_ignoring_poison(&self.pending).push(full.clone());
+                Some(full)
+            } else {
+                None
+            }
+        };
+        // Written outside the `open` lock, so other threads keep adding.
+        if let Some(full) = full {
+            self.write_pending(&full)?;
         }
         Ok(id)
+    }
+
+    fn pending_get(&self, id: &ObjectId) -> Option<Vec<u8>> {
+        let pending = lock_ignoring_poison(&self.pending);
+        pending.iter().find_map(|p| p.pack.map.get(id).map(|e| p.pack.builder.get(e)))
     }
 
     /// Reads an object written by this writer, flushed or not.
@@ -765,23 +798,29 @@ impl Writer {
                 return Ok(open.builder.get(e));
             }
         }
+        if let Some(b) = self.pending_get(id) {
+            return Ok(b);
+        }
         self.store.get_raw(id)
     }
 
-    /// Writes the open pack to disk. On failure the pack stays open, so a
-    /// later flush retries it.
-    fn seal(&self, open: &mut OpenPack) -> Result<(), StoreError> {
-        if open.builder.is_empty() {
+    /// Writes a full pack to disk and makes its objects visible through the
+    /// store. On failure it stays pending, so a later flush retries it.
+    fn write_pending(&self, p: &Pending) -> Result<(), StoreError> {
+        let mut written = lock_ignoring_poison(&p.written);
+        if *written {
             return Ok(());
         }
         let inner = &self.store.inner;
-        let (pack, tail) = open.builder.seal()?;
+        let b = &p.pack.builder;
+        let (pack, tail) = b.seal()?;
         let mut tmp = TmpFile::create(&*inner.vfs, &inner.root.join("tmp"))?;
-        tmp.write(open.builder.bytes())?;
+        tmp.write(b.bytes())?;
         tmp.write(&tail)?;
         tmp.commit(&pack_path(&inner.root, &pack))?;
-        let done = std::mem::replace(open, OpenPack::new(&inner.keys)?);
-        self.store.write_state().add_pack(pack, done.builder.entries().to_vec());
+        self.store.write_state().add_pack(pack, b.entries().to_vec());
+        *written = true;
+        lock_ignoring_poison(&self.pending).retain(|q| !Arc::ptr_eq(q, p));
         Ok(())
     }
 
@@ -791,7 +830,15 @@ impl Writer {
     pub fn flush(&self) -> Result<(), StoreError> {
         {
             let mut open = lock_ignoring_poison(&self.open);
-            self.seal(&mut open)?;
+            if !open.builder.is_empty() {
+                let full = pending(std::mem::replace(&mut *open, OpenPack::new(&self.store.inner.keys)?));
+                lock_ignoring_poison(&self.pending).push(full);
+            }
+        }
+        // Every pending pack, including any whose earlier write failed.
+        let pending: Vec<Pending> = lock_ignoring_poison(&self.pending).clone();
+        for p in &pending {
+            self.write_pending(p)?;
         }
         self.save_index()
     }
