@@ -16,13 +16,14 @@
 //!
 //! * 64 KiB average: ~840 chunks per 64 MiB, an insertion rewrites
 //!   ~75–90 KiB; 256 KiB: ~215 chunks, ~320 KiB; 1 MiB average: ~55 chunks,
-//!   ~1.2–1.5 MiB rewritten; 4 MiB average: ~13 chunks, ~6–10 MiB
-//!   rewritten. An insertion always made exactly one new chunk, and it is
-//!   longer than the mean chunk (~1.15 MiB at the default) because a point
-//!   falls in a chunk with odds in proportion to its length.
+//!   ~1.2–1.5 MiB rewritten; 4 MiB average (whose 16 MiB maximum the store
+//!   would not accept): ~13 chunks, ~6–10 MiB rewritten. An insertion
+//!   always made exactly one new chunk, and it is longer than the mean
+//!   chunk (~1.15 MiB at the default) because a point falls in a chunk with
+//!   odds in proportion to its length.
 //! * Each chunk costs ~170 bytes of metadata (object header, nonce and tag
-//!   43, pack header entry 44, index entry 52, tree entry 34) and ~4 µs of
-//!   fixed CPU time (`put_chunk` of a tiny chunk); 1 TiB at 1 MiB is ~1 M
+//!   43, pack header entry 44, index entry 52, tree entry 34) and 4–10 µs
+//!   of fixed time (`put_chunk` of a tiny chunk); 1 TiB at 1 MiB is ~1 M
 //!   objects, which the index serves with constant memory, while 64 KiB
 //!   would be 16 M objects.
 //!
