@@ -50,8 +50,9 @@ pub fn padme(len: u64) -> u64 {
     (len + mask) & !mask
 }
 
-/// A pack being filled. Objects are appended already hidden under the
-/// pack's body keystream.
+/// A pack being filled. Objects are kept in plaintext in memory; the body
+/// keystream is applied as the pack is written ([`PackBuilder::write_to`]),
+/// off the thread that fills it.
 pub struct PackBuilder {
     buf: Vec<u8>,
     entries: Vec<PackEntry>,
@@ -93,9 +94,7 @@ impl PackBuilder {
             offset: self.buf.len() as u64,
             len: u32::try_from(stored.len()).expect("objects are limited far below 4 GiB"),
         };
-        let start = self.buf.len();
         self.buf.extend_from_slice(stored);
-        apply_body_stream(&self.keys, &self.nonce, entry.offset, &mut self.buf[start..]);
         self.entries.push(entry);
         entry
     }
@@ -118,14 +117,43 @@ impl PackBuilder {
     /// The stored bytes of an object pushed earlier.
     pub fn get(&self, entry: &PackEntry) -> Vec<u8> {
         let start = entry.offset as usize;
-        let mut out = self.buf[start..start + entry.len as usize].to_vec();
-        apply_body_stream(&self.keys, &self.nonce, entry.offset, &mut out);
-        out
+        self.buf[start..start + entry.len as usize].to_vec()
     }
 
-    /// The bytes so far: prefix and objects.
-    pub fn bytes(&self) -> &[u8] {
-        &self.buf
+    /// Empties the pack for reuse, keeping its buffer, with a new nonce.
+    pub fn reset(&mut self) -> Result<(), StoreError> {
+        fill_random(&mut self.nonce)?;
+        self.buf.truncate(PACK_PREFIX_LEN);
+        self.buf.extend_from_slice(&self.nonce);
+        self.entries.clear();
+        Ok(())
+    }
+
+    /// Streams the finished pack — body under the keystream, then
+    /// [`PackBuilder::seal`]'s tail — to `sink` in blocks, and returns its id.
+    pub fn write_to(
+        &self,
+        tail: &[u8],
+        mut sink: impl FnMut(&[u8]) -> Result<(), StoreError>,
+    ) -> Result<PackId, StoreError> {
+        const BLOCK: usize = 1 << 20;
+        let mut h = blake3::Hasher::new();
+        h.update(&self.buf[..BODY_START]);
+        sink(&self.buf[..BODY_START])?;
+        let mut block = Vec::with_capacity(BLOCK);
+        let mut off = BODY_START;
+        while off < self.buf.len() {
+            let end = (off + BLOCK).min(self.buf.len());
+            block.clear();
+            block.extend_from_slice(&self.buf[off..end]);
+            apply_body_stream(&self.keys, &self.nonce, off as u64, &mut block);
+            h.update(&block);
+            sink(&block)?;
+            off = end;
+        }
+        h.update(tail);
+        sink(tail)?;
+        Ok(PackId(*h.finalize().as_bytes()))
     }
 
     /// The entries so far.
@@ -134,10 +162,9 @@ impl PackBuilder {
     }
 
     /// Makes the encrypted header, padding and trailer that finish this
-    /// pack, and the id of the finished pack. The builder is left as it
-    /// was, so a failed write can be retried; the pack file is
-    /// [`PackBuilder::bytes`] followed by the returned tail.
-    pub fn seal(&self) -> Result<(PackId, Vec<u8>), StoreError> {
+    /// pack. The builder is left as it was, so a failed write can be
+    /// retried; the pack file is what [`PackBuilder::write_to`] streams.
+    pub fn seal(&self) -> Result<Vec<u8>, StoreError> {
         let keys = &self.keys;
         let header_offset = self.buf.len() as u64;
         let mut plain = Vec::with_capacity(8 + self.entries.len() * ENTRY_LEN);
@@ -159,10 +186,7 @@ impl PackBuilder {
         t[..8].copy_from_slice(&header_offset.to_le_bytes());
         t[8..].copy_from_slice(&header_len.to_le_bytes());
         tail.extend_from_slice(&keys.pack.seal_random(&aad(TRAILER_AAD), &t)?);
-        let mut h = blake3::Hasher::new();
-        h.update(&self.buf);
-        h.update(&tail);
-        Ok((PackId(*h.finalize().as_bytes()), tail))
+        Ok(tail)
     }
 }
 
@@ -286,9 +310,13 @@ mod tests {
         let e1 = b.push(ObjectId([1; 32]), b"hello");
         let e2 = b.push(ObjectId([2; 32]), b"world!");
         assert_eq!(b.get(&e2), b"world!");
-        assert!(!b.bytes().windows(5).any(|w| w == b"hello"), "objects are hidden in the pack");
-        let (id, tail) = b.seal()?;
-        let bytes = [b.bytes(), &tail[..]].concat();
+        let tail = b.seal()?;
+        let mut bytes = Vec::new();
+        let id = b.write_to(&tail, |chunk| {
+            bytes.extend_from_slice(chunk);
+            Ok(())
+        })?;
+        assert!(!bytes.windows(5).any(|w| w == b"hello"), "objects are hidden in the pack");
         assert_eq!(id.0, *blake3::hash(&bytes).as_bytes());
         assert_eq!(bytes.len() as u64, padme(bytes.len() as u64));
         let entries = b.entries().to_vec();

@@ -410,16 +410,28 @@ impl Store {
 
     /// Every place an object is stored (usually one).
     pub fn locate_all(&self, id: &ObjectId) -> Result<Vec<Location>, StoreError> {
+        self.find(id, false)
+    }
+
+    fn find(&self, id: &ObjectId, first_only: bool) -> Result<Vec<Location>, StoreError> {
         loop {
             let segments = {
                 let state = self.read_state();
                 let mut out: Vec<Location> = state.extra.get(id).cloned().unwrap_or_default();
+                if first_only && !out.is_empty() {
+                    return Ok(out);
+                }
                 let segments = state.segments.clone();
                 drop(state);
                 let mut failed = None;
                 for seg in &segments {
                     match seg.lookup(id) {
-                        Ok(Some(loc)) => out.push(loc),
+                        Ok(Some(loc)) => {
+                            out.push(loc);
+                            if first_only {
+                                return Ok(out);
+                            }
+                        }
                         Ok(None) => {}
                         Err(e @ StoreError::CorruptIndex { .. }) => {
                             failed = Some((seg.clone(), e));
@@ -439,12 +451,12 @@ impl Store {
 
     /// Where an object is stored, if it is.
     pub fn locate(&self, id: &ObjectId) -> Result<Option<Location>, StoreError> {
-        Ok(self.locate_all(id)?.into_iter().next())
+        Ok(self.find(id, true)?.into_iter().next())
     }
 
     /// Whether the store holds an object.
     pub fn contains(&self, id: &ObjectId) -> Result<bool, StoreError> {
-        Ok(!self.locate_all(id)?.is_empty())
+        Ok(!self.find(id, true)?.is_empty())
     }
 
     pub(crate) fn read_at(&self, id: &ObjectId, loc: &Location) -> Result<Vec<u8>, StoreError> {
@@ -603,12 +615,35 @@ impl Store {
             }
         }
         self.refresh()?;
-        let w = Writer {
+        let core = Arc::new(Core {
             store: self.clone(),
-            _guard: guard,
-            open: Mutex::new(OpenPack::new(&self.inner.keys)?),
             pending: Mutex::new(Vec::new()),
+            free: Mutex::new(Vec::new()),
+        });
+        // One full pack is handed over at a time: the thread filling packs
+        // waits while the previous one is still being written, which bounds
+        // memory to two packs.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Pending>(0);
+        let thread_core = core.clone();
+        let thread = std::thread::Builder::new()
+            .name("dbox-pack-writer".into())
+            .spawn(move || {
+                for p in rx {
+                    // A failed write leaves the pack pending; flush retries
+                    // it and reports the error.
+                    if thread_core.write_pending(&p).is_ok() {
+                        thread_core.recycle(p);
+                    }
+                }
+            })
+            .map_err(StoreError::io("start a thread for", "pack writing"))?;
+        let w = Writer {
+            core,
+            open: Mutex::new(OpenPack::new(&self.inner.keys)?),
             flushing: Mutex::new(()),
+            to_thread: Some(tx),
+            thread: Some(thread),
+            _guard: guard,
         };
         w.save_index()?;
         Ok(w)
@@ -651,29 +686,94 @@ impl OpenPack {
     }
 }
 
-/// The store's single writer. Dropping it releases the lock; objects put
-/// since the last [`Writer::flush`] are then lost.
-pub struct Writer {
+/// What the writer shares with its pack-writing thread.
+struct Core {
     store: Store,
-    _guard: LockGuard,
-    open: Mutex<OpenPack>,
-    /// Full packs not yet on disk: still readable and deduplicated while a
-    /// thread writes them outside the `open` lock.
+    /// Full packs not yet on disk: still readable and deduplicated while
+    /// they are written.
     pending: Mutex<Vec<Pending>>,
+    /// Written packs' buffers, kept for reuse so that a new pack does not
+    /// page-fault its way through fresh memory.
+    free: Mutex<Vec<PackBuilder>>,
+}
+
+impl Core {
+    fn pending_get(&self, id: &ObjectId) -> Option<Vec<u8>> {
+        let pending = lock_ignoring_poison(&self.pending);
+        pending.iter().find_map(|p| p.pack.map.get(id).map(|e| p.pack.builder.get(e)))
+    }
+
+    /// Writes a full pack to disk and makes its objects visible through the
+    /// store. On failure it stays pending, so a later flush retries it.
+    fn write_pending(&self, p: &Pending) -> Result<(), StoreError> {
+        let mut written = lock_ignoring_poison(&p.written);
+        if *written {
+            return Ok(());
+        }
+        let inner = &self.store.inner;
+        let b = &p.pack.builder;
+        let tail = b.seal()?;
+        let mut tmp = TmpFile::create(&*inner.vfs, &inner.root.join("tmp"))?;
+        let pack = b.write_to(&tail, |block| tmp.write(block))?;
+        tmp.commit(&pack_path(&inner.root, &pack))?;
+        self.store.write_state().add_pack(pack, b.entries().to_vec());
+        *written = true;
+        lock_ignoring_poison(&self.pending).retain(|q| !Arc::ptr_eq(q, p));
+        Ok(())
+    }
+
+    /// Keeps a written pack's buffer for the next pack.
+    fn recycle(&self, p: Pending) {
+        if let Ok(pp) = Arc::try_unwrap(p) {
+            let mut builder = pp.pack.builder;
+            let mut free = lock_ignoring_poison(&self.free);
+            if free.is_empty() && builder.reset().is_ok() {
+                free.push(builder);
+            }
+        }
+    }
+
+    fn new_open_pack(&self) -> Result<OpenPack, StoreError> {
+        match lock_ignoring_poison(&self.free).pop() {
+            Some(builder) => Ok(OpenPack { builder, map: HashMap::new() }),
+            None => OpenPack::new(&self.store.inner.keys),
+        }
+    }
+}
+
+/// The store's single writer. Dropping it stops its pack-writing thread and
+/// releases the lock; objects put since the last [`Writer::flush`] are then
+/// lost.
+pub struct Writer {
+    core: Arc<Core>,
+    open: Mutex<OpenPack>,
     /// Serializes flushes, which write and merge index segments.
     flushing: Mutex<()>,
+    to_thread: Option<std::sync::mpsc::SyncSender<Pending>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// Dropped last, after the thread has stopped.
+    _guard: LockGuard,
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        drop(self.to_thread.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl std::fmt::Debug for Writer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Writer").field("store", &self.store).finish()
+        f.debug_struct("Writer").field("store", &self.core.store).finish()
     }
 }
 
 impl Writer {
     /// The store this writer writes to.
     pub fn store(&self) -> &Store {
-        &self.store
+        &self.core.store
     }
 
     /// Stores a chunk of file data.
@@ -685,7 +785,7 @@ impl Writer {
                 limit: MAX_CHUNK_SIZE as u64,
             });
         }
-        let (id, stored) = object::seal(&self.store.inner.keys, ObjectKind::Chunk, data);
+        let (id, stored) = object::seal(&self.core.store.inner.keys, ObjectKind::Chunk, data);
         self.put_stored(id, &stored, false)
     }
 
@@ -699,13 +799,13 @@ impl Writer {
                 limit: MAX_TREE_SIZE as u64,
             });
         }
-        let (id, stored) = object::seal(&self.store.inner.keys, ObjectKind::Tree, &payload);
+        let (id, stored) = object::seal(&self.core.store.inner.keys, ObjectKind::Tree, &payload);
         self.put_stored(id, &stored, false)
     }
 
     /// Stores a signed version of this store's repository.
     pub fn put_version(&self, version: &SignedVersion) -> Result<VersionId, StoreError> {
-        if version.body().repo != self.store.inner.repo {
+        if version.body().repo != self.core.store.inner.repo {
             return Err(StoreError::InvalidObject {
                 source: DecodeError::Invalid("the version belongs to another repository".into()),
             });
@@ -730,7 +830,7 @@ impl Writer {
         if kind == ObjectKind::Version {
             let v =
                 SignedVersion::from_stored(stored).map_err(|source| StoreError::InvalidObject { source })?;
-            if v.body().repo != self.store.inner.repo {
+            if v.body().repo != self.core.store.inner.repo {
                 return Err(StoreError::InvalidObject {
                     source: DecodeError::Invalid("the version belongs to another repository".into()),
                 });
@@ -741,7 +841,7 @@ impl Writer {
 
     /// Chunks and stores everything `reader` yields.
     pub fn put_file(&self, mut reader: impl Read) -> Result<FileChunks, StoreError> {
-        let mut chunker = Chunker::with_params(&mut reader, self.store.chunker_params());
+        let mut chunker = Chunker::with_params(&mut reader, self.core.store.chunker_params());
         let mut out = FileChunks::default();
         while let Some(chunk) = chunker.next_chunk().map_err(StoreError::io("read", "<input>"))? {
             out.chunks.push(self.put_chunk(chunk)?);
@@ -754,40 +854,41 @@ impl Writer {
     /// stored copy only counts if it reads back intact.
     fn put_stored(&self, id: ObjectId, stored: &[u8], check_existing: bool) -> Result<ObjectId, StoreError> {
         let present = if check_existing {
-            matches!(self.store.read_verified(&id), Ok(Some(_)))
+            matches!(self.core.store.read_verified(&id), Ok(Some(_)))
         } else {
-            self.store.contains(&id)?
+            self.core.store.contains(&id)?
         };
         if present {
             return Ok(id);
         }
         let full = {
             let mut open = lock_ignoring_poison(&self.open);
-            if open.map.contains_key(&id) || self.pending_get(&id).is_some() {
+            if open.map.contains_key(&id) || self.core.pending_get(&id).is_some() {
                 return Ok(id);
             }
             let entry = open.builder.push(id, stored);
             open.map.insert(id, entry);
-            if open.builder.len() >= self.store.inner.opts.pack_target
+            if open.builder.len() >= self.core.store.inner.opts.pack_target
                 || open.builder.count() >= MAX_PACK_OBJECTS / 2
             {
-                let full = pending(std::mem::replace(&mut *open, OpenPack::new(&self.store.inner.keys)?));
-                lock_ignoring_poison(&self.pending).push(full.clone());
+                let full = pending(std::mem::replace(&mut *open, self.core.new_open_pack()?));
+                lock_ignoring_poison(&self.core.pending).push(full.clone());
                 Some(full)
             } else {
                 None
             }
         };
-        // Written outside the `open` lock, so other threads keep adding.
+        // Written by the pack-writing thread, outside the `open` lock.
         if let Some(full) = full {
-            self.write_pending(&full)?;
+            let handed = match &self.to_thread {
+                Some(tx) => tx.send(full.clone()).is_ok(),
+                None => false,
+            };
+            if !handed {
+                self.core.write_pending(&full)?;
+            }
         }
         Ok(id)
-    }
-
-    fn pending_get(&self, id: &ObjectId) -> Option<Vec<u8>> {
-        let pending = lock_ignoring_poison(&self.pending);
-        pending.iter().find_map(|p| p.pack.map.get(id).map(|e| p.pack.builder.get(e)))
     }
 
     /// Reads an object written by this writer, flushed or not.
@@ -798,30 +899,10 @@ impl Writer {
                 return Ok(open.builder.get(e));
             }
         }
-        if let Some(b) = self.pending_get(id) {
+        if let Some(b) = self.core.pending_get(id) {
             return Ok(b);
         }
-        self.store.get_raw(id)
-    }
-
-    /// Writes a full pack to disk and makes its objects visible through the
-    /// store. On failure it stays pending, so a later flush retries it.
-    fn write_pending(&self, p: &Pending) -> Result<(), StoreError> {
-        let mut written = lock_ignoring_poison(&p.written);
-        if *written {
-            return Ok(());
-        }
-        let inner = &self.store.inner;
-        let b = &p.pack.builder;
-        let (pack, tail) = b.seal()?;
-        let mut tmp = TmpFile::create(&*inner.vfs, &inner.root.join("tmp"))?;
-        tmp.write(b.bytes())?;
-        tmp.write(&tail)?;
-        tmp.commit(&pack_path(&inner.root, &pack))?;
-        self.store.write_state().add_pack(pack, b.entries().to_vec());
-        *written = true;
-        lock_ignoring_poison(&self.pending).retain(|q| !Arc::ptr_eq(q, p));
-        Ok(())
+        self.core.store.get_raw(id)
     }
 
     /// Makes every object put so far durable: seals the open pack and writes
@@ -831,14 +912,15 @@ impl Writer {
         {
             let mut open = lock_ignoring_poison(&self.open);
             if !open.builder.is_empty() {
-                let full = pending(std::mem::replace(&mut *open, OpenPack::new(&self.store.inner.keys)?));
-                lock_ignoring_poison(&self.pending).push(full);
+                let full = pending(std::mem::replace(&mut *open, self.core.new_open_pack()?));
+                lock_ignoring_poison(&self.core.pending).push(full);
             }
         }
-        // Every pending pack, including any whose earlier write failed.
-        let pending: Vec<Pending> = lock_ignoring_poison(&self.pending).clone();
+        // Every pending pack, including any whose earlier write failed; one
+        // the thread is writing is waited for.
+        let pending: Vec<Pending> = lock_ignoring_poison(&self.core.pending).clone();
         for p in &pending {
-            self.write_pending(p)?;
+            self.core.write_pending(p)?;
         }
         self.save_index()
     }
@@ -847,9 +929,9 @@ impl Writer {
     /// damaged, then merges segments.
     fn save_index(&self) -> Result<(), StoreError> {
         let _flushing = lock_ignoring_poison(&self.flushing);
-        let inner = &self.store.inner;
+        let inner = &self.core.store.inner;
         let (packs, mut entries, dropped): (Vec<PackId>, Vec<(ObjectId, Location)>, Vec<PathBuf>) = {
-            let state = self.store.read_state();
+            let state = self.core.store.read_state();
             let mut entries = Vec::new();
             for (id, locs) in &state.extra {
                 if let Some(l) = locs.first() {
@@ -869,7 +951,7 @@ impl Writer {
                 &source,
             )?;
             let seg = Arc::new(Segment::open(&*inner.vfs, &path)?);
-            let mut state = self.store.write_state();
+            let mut state = self.core.store.write_state();
             for (id, _) in &entries {
                 if let Some(locs) = state.extra.get_mut(id) {
                     locs.retain(|l| !packs.contains(&l.pack));
@@ -892,14 +974,14 @@ impl Writer {
             }
             let dir = inner.root.join("index");
             inner.vfs.sync_dir(&dir).map_err(StoreError::io("fsync directory", &dir))?;
-            self.store.write_state().dropped.retain(|p| !dropped.contains(p));
+            self.core.store.write_state().dropped.retain(|p| !dropped.contains(p));
         }
         self.merge_segments()
     }
 
     fn merge_segments(&self) -> Result<(), StoreError> {
         loop {
-            let segments = self.store.read_state().segments.clone();
+            let segments = self.core.store.read_state().segments.clone();
             let counts: Vec<u64> = segments.iter().map(|s| s.count()).collect();
             let Some(pick) = plan_merge(&counts) else { return Ok(()) };
             let chosen: Vec<Arc<Segment>> = pick.iter().map(|&i| segments[i].clone()).collect();
@@ -911,7 +993,9 @@ impl Writer {
                     let Some(bad) = chosen.iter().find(|s| s.path() == path) else {
                         return Err(StoreError::CorruptIndex { path, source });
                     };
-                    self.store.drop_segment(bad, StoreError::CorruptIndex { path: path.clone(), source });
+                    self.core
+                        .store
+                        .drop_segment(bad, StoreError::CorruptIndex { path: path.clone(), source });
                 }
                 Err(e) => return Err(e),
             }
@@ -920,7 +1004,7 @@ impl Writer {
 
     /// Writes one segment holding all entries of `old` and removes them.
     fn replace_segments(&self, old: &[Arc<Segment>]) -> Result<(), StoreError> {
-        let inner = &self.store.inner;
+        let inner = &self.core.store.inner;
         let mut packs: Vec<PackId> = old.iter().flat_map(|s| s.packs().iter().copied()).collect();
         packs.sort();
         packs.dedup();
@@ -929,7 +1013,7 @@ impl Writer {
             write_segment(&*inner.vfs, &inner.root.join("tmp"), &inner.root.join("index"), &packs, &source)?;
         let seg = Arc::new(Segment::open(&*inner.vfs, &path)?);
         {
-            let mut state = self.store.write_state();
+            let mut state = self.core.store.write_state();
             state.segments.retain(|s| !old.iter().any(|o| Arc::ptr_eq(o, s)));
             state.segments.push(seg);
         }
@@ -952,12 +1036,12 @@ impl Writer {
     pub fn rebuild_index(&self) -> Result<Vec<StoreError>, StoreError> {
         self.flush()?;
         let _flushing = lock_ignoring_poison(&self.flushing);
-        let inner = &self.store.inner;
+        let inner = &self.core.store.inner;
         let mut entries = Vec::new();
         let mut packs = Vec::new();
         let mut skipped = Vec::new();
-        for pack in self.store.list_packs()? {
-            match self.store.pack_header(&pack) {
+        for pack in self.core.store.list_packs()? {
+            match self.core.store.pack_header(&pack) {
                 Ok(es) => {
                     packs.push(pack);
                     entries.extend(
@@ -985,7 +1069,7 @@ impl Writer {
             }
         }
         inner.vfs.sync_dir(&dir).map_err(StoreError::io("fsync directory", &dir))?;
-        self.store.refresh()?;
+        self.core.store.refresh()?;
         Ok(skipped)
     }
 }
