@@ -48,6 +48,12 @@ pub enum Command {
 }
 
 fn dispatch(cli: Cli, ui: &mut Ui) -> Result<(), CommandError> {
+    if let Ok(cwd) = std::env::current_dir() {
+        if let Some(home) = dbox::identity::absolute_home_from(&cwd) {
+            // Single-threaded here: nothing else reads the environment yet.
+            std::env::set_var("DBOX_HOME", home);
+        }
+    }
     if let Some(dir) = &cli.chdir {
         std::env::set_current_dir(dir).map_err(|e| {
             CommandError::Failed(format!("cannot change to directory {}: {e}", dir.display()))

@@ -21,16 +21,18 @@ impl Ui {
         &mut *self.out
     }
 
-    /// Writes a line of results.
+    /// Writes a line of results. Control characters (which a file name or
+    /// a member's message could use to drive the terminal) are shown
+    /// escaped.
     pub fn line(&mut self, text: impl AsRef<str>) -> io::Result<()> {
-        writeln!(self.out, "{}", text.as_ref())
+        writeln!(self.out, "{}", printable(text.as_ref()))
     }
 
     /// Writes a message line to stderr.
     pub fn note(&mut self, text: impl AsRef<str>) -> io::Result<()> {
         // Keep results and messages in order on a shared terminal.
         self.out.flush()?;
-        writeln!(self.err, "{}", text.as_ref())
+        writeln!(self.err, "{}", printable(text.as_ref()))
     }
 
     /// Writes a JSON value as one line.
@@ -44,4 +46,16 @@ impl Ui {
         self.out.flush()?;
         self.err.flush()
     }
+}
+
+/// `text` with control characters other than tab escaped as `\u{..}`.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(|c| c.is_control() && c != '\t') {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    std::borrow::Cow::Owned(
+        text.chars()
+            .map(|c| if c.is_control() && c != '\t' { c.escape_unicode().to_string() } else { c.to_string() })
+            .collect(),
+    )
 }

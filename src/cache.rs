@@ -92,20 +92,30 @@ impl Cache {
     pub fn trusted(&self, path: &[u8], stat: &Stat) -> Option<&Content> {
         let e = self.entries.get(path)?;
         let s = e.stat.as_ref()?;
-        let racy = s.mtime_ns >= self.written_ns.saturating_sub(RACY_NS);
+        // ctime too: the kernel sets it on every write, so an edit that
+        // keeps the mtime (cp -p) is still seen.
+        let racy = s.mtime_ns.max(s.ctime_ns) >= self.written_ns.saturating_sub(RACY_NS);
         (s == stat && !racy).then_some(&e.content)
     }
 
     /// Loads the cache; `None` when it is missing, damaged or of another
     /// format (it is then rebuilt).
     pub fn load(path: &Path) -> Option<Self> {
-        let bytes = std::fs::read(path).ok()?;
+        let bytes = crate::fsutil::read_small(path, 4 << 30).ok()??;
         decode(&bytes)
     }
 
     /// Writes the cache durably.
     pub fn save(&mut self, path: &Path) -> Result<()> {
         self.written_ns = now_ns();
+        // Entries racy now lose their stat, so no later save can make them
+        // trusted without a rehash.
+        let limit = self.written_ns.saturating_sub(RACY_NS);
+        for e in self.entries.values_mut() {
+            if e.stat.is_some_and(|s| s.mtime_ns.max(s.ctime_ns) >= limit) {
+                e.stat = None;
+            }
+        }
         write_atomic(path, &encode(self), 0o600)
     }
 }

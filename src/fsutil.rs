@@ -3,7 +3,7 @@
 //! directory.
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
@@ -34,14 +34,77 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     result
 }
 
-/// Appends `bytes` to `path` (created if missing) and fsyncs it.
+/// Reads a small file that must be a regular file (not a FIFO, device or
+/// link) of at most `max` bytes; `Ok(None)` when it does not exist.
+pub fn read_small(path: &Path, max: u64) -> Result<Option<Vec<u8>>> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(RepoError::io("stat", path)(e)),
+    };
+    if !meta.file_type().is_file() {
+        return Err(RepoError::Damaged { path: path.to_path_buf(), reason: "not a regular file".into() });
+    }
+    if meta.len() > max {
+        return Err(RepoError::Damaged {
+            path: path.to_path_buf(),
+            reason: format!("{} bytes, more than the {max} it may hold", meta.len()),
+        });
+    }
+    let mut f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(RepoError::io("open", path))?;
+    let mut buf = Vec::with_capacity(meta.len() as usize);
+    (&mut f).take(max + 1).read_to_end(&mut buf).map_err(RepoError::io("read", path))?;
+    if buf.len() as u64 > max {
+        return Err(RepoError::Damaged {
+            path: path.to_path_buf(),
+            reason: format!("more than {max} bytes"),
+        });
+    }
+    Ok(Some(buf))
+}
+
+/// Appends `bytes` to `path` (created if missing) and fsyncs it. A torn
+/// last line (a crash mid-append) is cut off first, so records never glue
+/// together. Never follows a symbolic link.
 pub fn append_durable(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut f = OpenOptions::new()
+        .read(true)
         .append(true)
         .create(true)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(path)
         .map_err(RepoError::io("open", path))?;
+    let meta = f.metadata().map_err(RepoError::io("stat", path))?;
+    if !meta.file_type().is_file() {
+        return Err(RepoError::Damaged { path: path.to_path_buf(), reason: "not a regular file".into() });
+    }
+    let len = meta.len();
+    if len > 0 {
+        use std::io::{Seek, SeekFrom};
+        // Find the last newline in the final 64 KiB (records are short).
+        let tail = len.min(64 * 1024);
+        let mut buf = vec![0u8; tail as usize];
+        f.seek(SeekFrom::Start(len - tail)).map_err(RepoError::io("read", path))?;
+        f.read_exact(&mut buf).map_err(RepoError::io("read", path))?;
+        if buf.last() != Some(&b'\n') {
+            let keep = match buf.iter().rposition(|b| *b == b'\n') {
+                Some(i) => len - tail + i as u64 + 1,
+                None if tail == len => 0,
+                None => {
+                    return Err(RepoError::Damaged {
+                        path: path.to_path_buf(),
+                        reason: "last line too long".into(),
+                    })
+                }
+            };
+            f.set_len(keep).map_err(RepoError::io("truncate", path))?;
+        }
+    }
     f.write_all(bytes).map_err(RepoError::io("write", path))?;
     f.sync_all().map_err(RepoError::io("fsync", path))?;
     // The file may be new: make its directory entry durable too.

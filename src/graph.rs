@@ -98,6 +98,11 @@ impl Graph {
 
     /// The version `n` first-parent steps before `id`.
     pub fn nth_first_parent(&self, id: VersionId, n: usize) -> Option<VersionId> {
+        // A damaged log could hold a cycle: no real walk is longer than the
+        // graph.
+        if n > self.nodes.len() {
+            return None;
+        }
         let mut cur = id;
         for _ in 0..n {
             cur = *self.nodes.get(&cur)?.parents.first()?;

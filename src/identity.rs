@@ -18,11 +18,16 @@ const FORMAT: u32 = 1;
 const FILE_LEN: usize = 8 + 4 + 32 + 32;
 
 /// Where dbox keeps the device key and user configuration.
+/// A relative `DBOX_HOME` is taken relative to the directory the command
+/// started in (see [`absolute_home_from`]); a relative `XDG_CONFIG_HOME` is
+/// ignored, as the XDG specification says.
 pub fn home_dir() -> Result<PathBuf> {
     if let Some(h) = std::env::var_os("DBOX_HOME").filter(|h| !h.is_empty()) {
         return Ok(PathBuf::from(h));
     }
-    if let Some(x) = std::env::var_os("XDG_CONFIG_HOME").filter(|h| !h.is_empty()) {
+    if let Some(x) =
+        std::env::var_os("XDG_CONFIG_HOME").filter(|h| !h.is_empty() && Path::new(h).is_absolute())
+    {
         return Ok(PathBuf::from(x).join("dbox"));
     }
     match std::env::var_os("HOME").filter(|h| !h.is_empty()) {
@@ -31,6 +36,15 @@ pub fn home_dir() -> Result<PathBuf> {
             Err(RepoError::Usage("set DBOX_HOME or HOME so dbox knows where to keep the device key".into()))
         }
     }
+}
+
+/// The `DBOX_HOME` value made absolute against `cwd`, if it is set and
+/// relative: call before changing directory, so that `-C` cannot move the
+/// device key into a working tree.
+pub fn absolute_home_from(cwd: &Path) -> Option<PathBuf> {
+    let h = std::env::var_os("DBOX_HOME").filter(|h| !h.is_empty())?;
+    let p = PathBuf::from(h);
+    (!p.is_absolute()).then(|| cwd.join(p))
 }
 
 /// This device: its signing key and peer id.
@@ -48,9 +62,9 @@ impl Device {
     /// Loads the device key from `home`, creating it if there is none.
     pub fn load_or_create(home: &Path) -> Result<Self> {
         let path = home.join("device.key");
-        match std::fs::read(&path) {
-            Ok(bytes) => Self::decode(&bytes).map_err(|reason| RepoError::Damaged { path, reason }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        match crate::fsutil::read_small(&path, FILE_LEN as u64)? {
+            Some(bytes) => Self::decode(&bytes).map_err(|reason| RepoError::Damaged { path, reason }),
+            None => {
                 std::fs::create_dir_all(home).map_err(RepoError::io("create directory", home))?;
                 let mut secret = Zeroizing::new([0u8; 32]);
                 dbox_store::crypto::fill_random(&mut secret[..])?;
@@ -64,7 +78,6 @@ impl Device {
                 write_atomic(&path, &bytes, 0o600)?;
                 Ok(Self { key })
             }
-            Err(e) => Err(RepoError::io("read", &path)(e)),
         }
     }
 

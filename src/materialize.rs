@@ -115,6 +115,37 @@ fn file_ids(store: &Store, path: &Path) -> Result<Option<Vec<dbox_store::ObjectI
     Ok(Some(ids))
 }
 
+/// The first path under the folder `rel` that the scan did not report, if
+/// any (found by walking the folder without ignore rules or links).
+fn unseen_under(
+    root: &Path,
+    rel: &[u8],
+    seen: &std::collections::BTreeMap<Vec<u8>, crate::worktree::WtEntry>,
+) -> Result<Option<Vec<u8>>> {
+    let mut stack = vec![rel.to_vec()];
+    while let Some(dir) = stack.pop() {
+        let abs = abs_path(root, &dir);
+        let rd = match std::fs::read_dir(&abs) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(_) => return Ok(Some(dir)),
+        };
+        for e in rd {
+            let e = e.map_err(RepoError::io("read folder", &abs))?;
+            let mut q = dir.clone();
+            q.push(b'/');
+            q.extend_from_slice(e.file_name().as_bytes());
+            if !seen.contains_key(&q) {
+                return Ok(Some(q));
+            }
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(q);
+            }
+        }
+    }
+    Ok(None)
+}
+
 /// Checks that every parent of `path` under `root` is a real directory.
 fn check_parents(root: &Path, path: &[u8]) -> Result<()> {
     for a in ancestors(path) {
@@ -177,6 +208,12 @@ fn write_entry(store: &Store, root: &Path, path: &[u8], e: &FlatEntry) -> Result
         }
         Content::File { size, chunks, executable } => {
             let tmp = temp_name(dir)?;
+            // Keep the permissions of a file being replaced (a private file
+            // stays private); the version decides only the executable bits.
+            let old_mode = std::fs::symlink_metadata(&dest)
+                .ok()
+                .filter(|m| m.file_type().is_file())
+                .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777);
             let result = (|| {
                 let mut f = OpenOptions::new()
                     .write(true)
@@ -184,11 +221,24 @@ fn write_entry(store: &Store, root: &Path, path: &[u8], e: &FlatEntry) -> Result
                     .mode(if *executable { 0o777 } else { 0o666 })
                     .open(&tmp)
                     .map_err(RepoError::io("create", &tmp))?;
+                if let Some(old) = old_mode {
+                    let exec = if *executable { (old & 0o444) >> 2 } else { 0 };
+                    let mode = (old & 0o666) | exec;
+                    f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))
+                        .map_err(RepoError::io("set permissions of", &tmp))?;
+                }
                 let mut written = 0u64;
                 for id in chunks {
                     let data = store.get_chunk(id)?;
-                    f.write_all(&data).map_err(RepoError::io("write", &tmp))?;
                     written += data.len() as u64;
+                    // A lying size must not fill the disk before it is caught.
+                    if written > *size {
+                        return Err(RepoError::Damaged {
+                            path: dest.clone(),
+                            reason: format!("its chunks hold more than the {size} bytes the version says"),
+                        });
+                    }
+                    f.write_all(&data).map_err(RepoError::io("write", &tmp))?;
                 }
                 if written != *size {
                     return Err(RepoError::Damaged {
@@ -249,6 +299,12 @@ pub fn restore(repo: &Repo, version: &VersionId, opts: &RestoreOptions) -> Resul
     match &opts.to {
         None => apply(repo, &base, &target, &opts.paths, repo.root(), true, opts.force),
         Some(dir) => {
+            // Check the nearest existing ancestor before creating anything.
+            let existing = dir.ancestors().find(|a| a.exists()).unwrap_or(Path::new("."));
+            let resolved = existing.canonicalize().map_err(RepoError::io("resolve", existing))?;
+            if resolved.starts_with(repo.dot_dir()) {
+                return Err(RepoError::Usage("cannot restore into the .dbox folder".into()));
+            }
             std::fs::create_dir_all(dir).map_err(RepoError::io("create directory", dir))?;
             let dir = dir.canonicalize().map_err(RepoError::io("resolve", dir))?;
             if dir.starts_with(repo.dot_dir()) {
@@ -282,7 +338,10 @@ pub fn checkout(repo: &Repo, version: &VersionId, force: bool) -> Result<Outcome
         };
         cache.entries.insert(p, CacheEntry { content: e.content, stat });
     }
-    cache.save(&repo.dot_dir().join("cache"))?;
+    let mut outcome = outcome;
+    if let Err(e) = cache.save(&repo.dot_dir().join("cache")) {
+        outcome.warnings.push(format!("could not save the stat cache (only a speed-up): {e}"));
+    }
     Ok(outcome)
 }
 
@@ -305,6 +364,42 @@ fn apply(
     // path: HEAD (cheap, through the cache) or an earlier one.
     let graph = repo.graph()?;
     let recent: Vec<_> = graph.log_order(&graph.heads()).into_iter().take(SAVED_SEARCH_VERSIONS).collect();
+    // Each version is verified and each tree decoded once per command.
+    let roots: std::cell::OnceCell<Vec<dbox_store::ObjectId>> = std::cell::OnceCell::new();
+    let trees: std::cell::RefCell<HashMap<dbox_store::ObjectId, std::rc::Rc<dbox_store::Tree>>> =
+        std::cell::RefCell::new(HashMap::new());
+    let tree = |id: &dbox_store::ObjectId| -> Result<std::rc::Rc<dbox_store::Tree>> {
+        if let Some(t) = trees.borrow().get(id) {
+            return Ok(t.clone());
+        }
+        let t = std::rc::Rc::new(store.get_tree(id)?);
+        trees.borrow_mut().insert(*id, t.clone());
+        Ok(t)
+    };
+    let lookup = |root_tree: &dbox_store::ObjectId, p: &[u8]| -> Result<Option<Content>> {
+        let mut t = tree(root_tree)?;
+        let parts: Vec<&[u8]> = p.split(|b| *b == b'/').collect();
+        for (i, part) in parts.iter().enumerate() {
+            let Some(e) = t.get(part).cloned() else { return Ok(None) };
+            let last = i + 1 == parts.len();
+            match (&e.node, last) {
+                (dbox_store::Node::Dir { tree: sub }, false) => t = tree(sub)?,
+                (_, false) => return Ok(None),
+                (dbox_store::Node::Dir { .. }, true) => return Ok(Some(Content::Dir)),
+                (dbox_store::Node::File { size, chunks, executable }, true) => {
+                    return Ok(Some(Content::File {
+                        size: *size,
+                        chunks: chunks.clone(),
+                        executable: *executable,
+                    }))
+                }
+                (dbox_store::Node::Symlink { target }, true) => {
+                    return Ok(Some(Content::Symlink(target.clone())))
+                }
+            }
+        }
+        Ok(None)
+    };
     let saved = |p: &[u8]| -> Result<bool> {
         let Some(wt) = scanned.entries.get(p) else { return Ok(true) };
         if let Some(e) = base.entries.get(p) {
@@ -325,12 +420,16 @@ fn apply(
                 None => return Ok(true),
             },
         };
-        for v in &recent {
-            let root_tree = store.get_version(v)?.body().root;
-            if let Some(e) = crate::snapshot::lookup(store, &root_tree, p)? {
-                if e.content == current {
-                    return Ok(true);
-                }
+        if roots.get().is_none() {
+            let mut r = Vec::with_capacity(recent.len());
+            for v in &recent {
+                r.push(store.get_version(v)?.body().root);
+            }
+            let _ = roots.set(r);
+        }
+        for root_tree in roots.get().map(|r| r.as_slice()).unwrap_or(&[]) {
+            if lookup(root_tree, p)?.as_ref() == Some(&current) {
+                return Ok(true);
             }
         }
         Ok(false)
@@ -342,6 +441,13 @@ fn apply(
             Some(wt) if matches(store, root, p, wt.kind, &wt.stat, &e.content, base)? => out.unchanged += 1,
             Some(wt) => {
                 let mut ok = saved(p)?;
+                if wt.kind == Kind::Dir && !force {
+                    // Anything in it the scan did not see (ignored files, a
+                    // nested repository, sockets) would be lost.
+                    if let Some(q) = unseen_under(root, p, &scanned.entries)? {
+                        conflicts.push(display(&q));
+                    }
+                }
                 if wt.kind == Kind::Dir {
                     // Replacing a folder replaces everything in it.
                     let mut prefix = p.clone();
@@ -361,7 +467,19 @@ fn apply(
                 }
                 writes.push(p);
             }
-            None => writes.push(p),
+            None => {
+                // Not scanned, but something may be there all the same: an
+                // ignored file, a FIFO, a nested repository.
+                let abs = abs_path(root, p);
+                if std::fs::symlink_metadata(&abs).is_ok() && !force {
+                    let is_dir_match = matches!(e.content, Content::Dir)
+                        && std::fs::symlink_metadata(&abs).is_ok_and(|m| m.file_type().is_dir());
+                    if !is_dir_match {
+                        conflicts.push(display(p));
+                    }
+                }
+                writes.push(p)
+            }
         }
     }
     let mut deletes = Vec::new();

@@ -25,12 +25,14 @@ use dbox_store::{
 };
 
 use crate::error::{RepoError, Result};
-use crate::fsutil::{append_durable, write_atomic};
+use crate::fsutil::{append_durable, read_small, write_atomic};
 use crate::graph::{Graph, GraphNode};
 
 /// Name of the repository directory.
 pub const DOT_DIR: &str = ".dbox";
 const FORMAT_LINE: &str = "dbox repository 1\n";
+/// Largest versions log read (about 3 million versions).
+const MAX_VERSIONS_LOG: u64 = 1 << 30;
 /// How long a command waits for another writer before giving up.
 pub const LOCK_WAIT: Duration = Duration::from_secs(30);
 
@@ -93,7 +95,8 @@ impl Repo {
     pub fn open(root: &Path) -> Result<Self> {
         let dot = root.join(DOT_DIR);
         let format_path = dot.join("format");
-        let format = std::fs::read(&format_path).map_err(RepoError::io("read", &format_path))?;
+        let format = read_small(&format_path, 64)?
+            .ok_or_else(|| RepoError::Damaged { path: format_path.clone(), reason: "missing".into() })?;
         if format != FORMAT_LINE.as_bytes() {
             return Err(RepoError::Damaged {
                 path: format_path,
@@ -146,11 +149,7 @@ impl Repo {
     /// Reads the versions log.
     pub fn records(&self) -> Result<Vec<VersionRecord>> {
         let path = self.dot.join("versions");
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(RepoError::io("read", &path)(e)),
-        };
+        let Some(bytes) = read_small(&path, MAX_VERSIONS_LOG)? else { return Ok(Vec::new()) };
         let complete = match bytes.iter().rposition(|b| *b == b'\n') {
             Some(i) => &bytes[..=i],
             None => &[][..],

@@ -33,12 +33,27 @@ pub struct FlatEntry {
     pub mtime_ns: Option<i64>,
 }
 
+/// Most paths one version may hold.
+pub const MAX_VERSION_PATHS: usize = 5_000_000;
+/// Most bytes of paths one version may hold.
+pub const MAX_VERSION_PATH_BYTES: usize = 1 << 30;
+
 /// Every path of the tree `root`, `/`-separated, parents before children.
+/// A version over [`MAX_VERSION_PATHS`] paths or [`MAX_VERSION_PATH_BYTES`]
+/// (as a hostile tree reusing one subtree under many names could be) is
+/// refused before it exhausts memory.
 pub fn flatten(store: &Store, root: &ObjectId) -> Result<BTreeMap<Vec<u8>, FlatEntry>> {
     let mut out = BTreeMap::new();
     let mut stack = vec![(Vec::new(), *root)];
+    let mut path_bytes = 0usize;
     while let Some((prefix, tree_id)) = stack.pop() {
         let tree = store.get_tree(&tree_id)?;
+        if out.len() + tree.entries().len() > MAX_VERSION_PATHS {
+            return Err(RepoError::Damaged {
+                path: "version".into(),
+                reason: format!("the tree {} holds more than {MAX_VERSION_PATHS} paths", root.short()),
+            });
+        }
         for e in tree.entries() {
             let mut path = prefix.clone();
             if !path.is_empty() {
@@ -49,6 +64,16 @@ pub fn flatten(store: &Store, root: &ObjectId) -> Result<BTreeMap<Vec<u8>, FlatE
                 return Err(RepoError::UnsafePath {
                     path: display(&path),
                     reason: "path longer than 4096 bytes".into(),
+                });
+            }
+            path_bytes += path.len();
+            if path_bytes > MAX_VERSION_PATH_BYTES {
+                return Err(RepoError::Damaged {
+                    path: "version".into(),
+                    reason: format!(
+                        "the tree {} holds more than {MAX_VERSION_PATH_BYTES} bytes of paths",
+                        root.short()
+                    ),
                 });
             }
             let content = match &e.node {
@@ -474,7 +499,9 @@ pub fn commit(repo: &Repo, device: &Device, opts: &CommitOptions) -> Result<Comm
     let cache_path = repo.dot_dir().join("cache");
     if changes.is_empty() && head.is_some() {
         w.flush()?;
-        new_cache.save(&cache_path)?;
+        if let Err(e) = new_cache.save(&cache_path) {
+            warnings.push(format!("could not save the stat cache (only a speed-up): {e}"));
+        }
         return Ok(CommitOutcome { parent: head, files_read, bytes_read, warnings, ..Default::default() });
     }
 
@@ -500,7 +527,10 @@ pub fn commit(repo: &Repo, device: &Device, opts: &CommitOptions) -> Result<Comm
     repo.record_versions(&[(version, info)])?;
     repo.set_head(&id)?;
     new_cache.head = Some(id);
-    new_cache.save(&cache_path)?;
+    // The version is committed: a cache that cannot be saved costs speed.
+    if let Err(e) = new_cache.save(&cache_path) {
+        warnings.push(format!("could not save the stat cache (only a speed-up): {e}"));
+    }
     Ok(CommitOutcome { version: Some(id), parent: head, message, changes, files_read, bytes_read, warnings })
 }
 

@@ -157,7 +157,15 @@ fn read_folder(
     for e in entries {
         let name = e.file_name();
         let name = name.as_bytes();
-        if name.eq_ignore_ascii_case(b".dbox") {
+        if name == b".dbox" && job.rel.is_empty() {
+            continue;
+        }
+        // Temporary files of an interrupted restore are never content.
+        if name.starts_with(b".dbox-restore-") && name.ends_with(b".tmp") {
+            continue;
+        }
+        if let Err(err) = dbox_store::Name::new(name.to_vec()) {
+            warnings.push(format!("skipped {}: {err}", display(&[&job.rel[..], b"/", name].concat())));
             continue;
         }
         let mut rel = job.rel.clone();

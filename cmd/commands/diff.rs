@@ -59,7 +59,16 @@ impl Side {
         match self {
             Side::Version(_) => {
                 let mut buf = Vec::new();
-                repo.store().read_file_to(chunks, &mut buf)?;
+                for id in chunks {
+                    buf.extend_from_slice(&repo.store().get_chunk(id)?);
+                    // A lying size must not make diff read without bound.
+                    if buf.len() as u64 > *size {
+                        return Err(CommandError::Failed(format!(
+                            "{}: the version's chunks hold more than the {size} bytes it says",
+                            display(path)
+                        )));
+                    }
+                }
                 Ok(Some(buf))
             }
             Side::Worktree(_) => {
