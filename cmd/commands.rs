@@ -42,15 +42,22 @@ pub fn repo_path(repo: &Repo, typed: &Path) -> Result<Vec<u8>, CommandError> {
     let cwd =
         std::env::current_dir().map_err(|e| RepoError::Io { op: "read", path: ".".into(), source: e })?;
     let abs = if typed.is_absolute() { typed.to_path_buf() } else { cwd.join(typed) };
-    let mut norm = PathBuf::new();
+    let mut lexical = PathBuf::new();
     for c in abs.components() {
         match c {
             Component::ParentDir => {
-                norm.pop();
+                lexical.pop();
             }
             Component::CurDir => {}
-            other => norm.push(other),
+            other => lexical.push(other),
         }
+    }
+    // Resolve links in the part that exists (a linked ~/docs, /tmp on
+    // macOS), so the path compares with the repository's real root.
+    let existing = lexical.ancestors().find(|a| a.exists()).unwrap_or(Path::new("/"));
+    let mut norm = existing.canonicalize().unwrap_or_else(|_| existing.to_path_buf());
+    if let Ok(rest) = lexical.strip_prefix(existing) {
+        norm.push(rest);
     }
     let root = repo.root();
     let rel = norm.strip_prefix(root).map_err(|_| {

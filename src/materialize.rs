@@ -56,6 +56,8 @@ pub struct Outcome {
     pub deleted: Vec<Vec<u8>>,
     /// Paths already as wanted.
     pub unchanged: usize,
+    /// Stats of the files written, taken as they were written.
+    pub written_stats: HashMap<Vec<u8>, Stat>,
     /// Things left as they were, as sentences.
     pub warnings: Vec<String>,
 }
@@ -187,24 +189,29 @@ fn remove_any(p: &Path) -> Result<()> {
     }
 }
 
-fn write_entry(store: &Store, root: &Path, path: &[u8], e: &FlatEntry) -> Result<()> {
+/// Writes one entry. For a file, returns its stat taken through the written
+/// file's own handle after the rename: an edit by anyone else afterwards
+/// changes at least its ctime, so the stat cache never trusts it.
+fn write_entry(store: &Store, root: &Path, path: &[u8], e: &FlatEntry) -> Result<Option<Stat>> {
     check_parents(root, path)?;
     let dest = abs_path(root, path);
     let dir = dest.parent().unwrap_or(root);
     match &e.content {
         Content::Dir => match std::fs::symlink_metadata(&dest) {
-            Ok(m) if m.file_type().is_dir() => Ok(()),
+            Ok(m) if m.file_type().is_dir() => Ok(None),
             Ok(_) => {
                 remove_any(&dest)?;
-                std::fs::create_dir(&dest).map_err(RepoError::io("create directory", &dest))
+                std::fs::create_dir(&dest).map_err(RepoError::io("create directory", &dest)).map(|_| None)
             }
-            Err(_) => std::fs::create_dir(&dest).map_err(RepoError::io("create directory", &dest)),
+            Err(_) => {
+                std::fs::create_dir(&dest).map_err(RepoError::io("create directory", &dest)).map(|_| None)
+            }
         },
         Content::Symlink(target) => {
             let tmp = temp_name(dir)?;
             std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), &tmp)
                 .map_err(RepoError::io("create link", &tmp))?;
-            replace(&tmp, &dest)
+            replace(&tmp, &dest).map(|_| None)
         }
         Content::File { size, chunks, executable } => {
             let tmp = temp_name(dir)?;
@@ -214,7 +221,7 @@ fn write_entry(store: &Store, root: &Path, path: &[u8], e: &FlatEntry) -> Result
                 .ok()
                 .filter(|m| m.file_type().is_file())
                 .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777);
-            let result = (|| {
+            let result = (|| -> Result<std::fs::File> {
                 let mut f = OpenOptions::new()
                     .write(true)
                     .create_new(true)
@@ -249,13 +256,18 @@ fn write_entry(store: &Store, root: &Path, path: &[u8], e: &FlatEntry) -> Result
                 if let Some(ns) = e.mtime_ns {
                     f.set_modified(to_system_time(ns)).map_err(RepoError::io("set the time of", &tmp))?;
                 }
-                Ok(())
+                Ok(f)
             })();
-            if let Err(err) = result {
-                let _ = std::fs::remove_file(&tmp);
-                return Err(err);
-            }
-            replace(&tmp, &dest)
+            let f = match result {
+                Ok(f) => f,
+                Err(err) => {
+                    let _ = std::fs::remove_file(&tmp);
+                    return Err(err);
+                }
+            };
+            replace(&tmp, &dest)?;
+            let meta = f.metadata().map_err(RepoError::io("stat", &dest))?;
+            Ok(Some(Stat::from_metadata(&meta)))
         }
     }
 }
@@ -320,7 +332,12 @@ pub fn restore(repo: &Repo, version: &VersionId, opts: &RestoreOptions) -> Resul
 pub fn checkout(repo: &Repo, version: &VersionId, force: bool) -> Result<Outcome> {
     // Hold the writer lock so no commit runs while the tree changes.
     let _w = repo.store().writer_wait(LOCK_WAIT)?;
-    let head = repo.head()?;
+    // With --force a damaged HEAD is no obstacle: checkout rewrites it.
+    let head = match repo.head() {
+        Ok(h) => h,
+        Err(_) if force => None,
+        Err(e) => return Err(e),
+    };
     let base = load_base(repo, head)?;
     let target = flatten_version(repo, version)?;
     let outcome = apply(repo, &base, &target, &[], repo.root(), true, force)?;
@@ -329,12 +346,16 @@ pub fn checkout(repo: &Repo, version: &VersionId, force: bool) -> Result<Outcome
     let mut cache = Cache { head: Some(*version), written_ns: 0, entries: HashMap::new() };
     let written: BTreeSet<&Vec<u8>> = outcome.written.iter().collect();
     for (p, e) in target {
-        let stat = scanned.entries.get(&p).filter(|wt| wt.kind == e.content.kind()).map(|wt| wt.stat);
-        // Unwritten files kept their stat from before, which matched.
-        let stat = if written.contains(&p) || matches!(e.content, Content::Dir | Content::Symlink(_)) {
-            stat
+        let scanned_stat = scanned.entries.get(&p).filter(|wt| wt.kind == e.content.kind()).map(|wt| wt.stat);
+        let stat = if let Some(s) = outcome.written_stats.get(&p) {
+            // What we wrote; if someone changed it since, the scan differs
+            // and the entry is not trusted.
+            scanned_stat.filter(|now| now == s)
+        } else if written.contains(&p) || matches!(e.content, Content::Dir | Content::Symlink(_)) {
+            scanned_stat
         } else {
-            stat.filter(|s| base.trusted(&p, s).is_some_and(|c| *c == e.content))
+            // Unwritten files kept their stat from before, which matched.
+            scanned_stat.filter(|s| base.trusted(&p, s).is_some_and(|c| *c == e.content))
         };
         cache.entries.insert(p, CacheEntry { content: e.content, stat });
     }
@@ -516,7 +537,9 @@ fn apply(
         out.deleted.push(p.clone());
     }
     for p in writes {
-        write_entry(store, root, p, &target[p])?;
+        if let Some(stat) = write_entry(store, root, p, &target[p])? {
+            out.written_stats.insert(p.clone(), stat);
+        }
         out.written.push(p.clone());
     }
     Ok(out)

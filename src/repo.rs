@@ -69,6 +69,11 @@ impl Repo {
             return Err(RepoError::AlreadyInRepo { path: dir, root });
         }
         let dot = dir.join(DOT_DIR);
+        if dot.exists() && !dot.join("format").exists() {
+            // An init that crashed: `format` is written last, so nothing
+            // can have been committed here. Start again.
+            std::fs::remove_dir_all(&dot).map_err(RepoError::io("remove", &dot))?;
+        }
         std::fs::DirBuilder::new()
             .mode(0o700)
             .create(&dot)
@@ -128,16 +133,15 @@ impl Repo {
     /// The version the working tree is based on.
     pub fn head(&self) -> Result<Option<VersionId>> {
         let path = self.dot.join("HEAD");
-        match std::fs::read(&path) {
-            Ok(b) => {
+        match read_small(&path, 256)? {
+            Some(b) => {
                 let text = String::from_utf8_lossy(&b);
                 text.trim().parse::<VersionId>().map(Some).map_err(|_| RepoError::Damaged {
                     path,
                     reason: "HEAD does not hold a version id".into(),
                 })
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(RepoError::io("read", &path)(e)),
+            None => Ok(None),
         }
     }
 

@@ -34,9 +34,9 @@ pub struct FlatEntry {
 }
 
 /// Most paths one version may hold.
-pub const MAX_VERSION_PATHS: usize = 5_000_000;
+pub const MAX_VERSION_PATHS: usize = 2_000_000;
 /// Most bytes of paths one version may hold.
-pub const MAX_VERSION_PATH_BYTES: usize = 1 << 30;
+pub const MAX_VERSION_PATH_BYTES: usize = 256 << 20;
 
 /// Every path of the tree `root`, `/`-separated, parents before children.
 /// A version over [`MAX_VERSION_PATHS`] paths or [`MAX_VERSION_PATH_BYTES`]
@@ -538,7 +538,7 @@ pub fn commit(repo: &Repo, device: &Device, opts: &CommitOptions) -> Result<Comm
 /// as a folder).
 pub fn lookup(store: &Store, root: &ObjectId, path: &[u8]) -> Result<Option<FlatEntry>> {
     if path.is_empty() {
-        return Ok(Some(FlatEntry { content: Content::Dir, mtime_ns: None }));
+        return Ok(Some(dir_entry(*root)));
     }
     let mut tree = store.get_tree(root)?;
     let parts: Vec<&[u8]> = path.split(|b| *b == b'/').collect();

@@ -86,7 +86,10 @@ pub fn run(args: Args, ui: &mut Ui) -> Result<(), CommandError> {
         return Ok(());
     }
     if details.is_empty() {
-        ui.note("No versions yet")?;
+        match &args.path {
+            Some(p) if !graph.is_empty() => ui.note(format!("No version changed {}", p.display()))?,
+            _ => ui.note("No versions yet")?,
+        }
         return Ok(());
     }
     let label = |id: &VersionId| -> String {
