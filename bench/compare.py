@@ -6,7 +6,8 @@
 Data comes from ../shared/bench/gen-data.py (deterministic). Every tool works
 on its own copy of the same tree in one run, so the ratios are comparable even
 on a noisy machine. Prints markdown tables: wall time, CPU time (user+sys),
-peak memory and bytes stored, with dbox/other ratios. Needs git, restic,
+peak memory and bytes stored (dbox: .dbox/store, without the stat cache,
+which like git's index describes the working tree), with dbox/other ratios. Needs git, restic,
 borgbackup, rsync and GNU time (apt-get install restic borgbackup rsync time).
 
 Scenarios (targets from the issue in brackets):
@@ -141,7 +142,7 @@ def main():
             "restic": total(run(["restic", "init", "-q", "-r", rr]), run(["restic", "-q", "-r", rr, "backup", "."], s)),
             "borg": total(run(["borg", "init", "-e", "repokey-blake2", br]), run(["borg", "create", br + "::first", "."], s)),
         }
-        first["dbox"]["bytes"] = du(os.path.join(d, ".dbox"))
+        first["dbox"]["bytes"] = du(os.path.join(d, ".dbox", "store"))
         first["git"]["bytes"] = du(os.path.join(g, ".git"))
         first["restic"]["bytes"] = du(rr)
         first["borg"]["bytes"] = du(br)
@@ -156,14 +157,14 @@ def main():
         if only & {"edit", "restore"}:
             for x in (d, g, s):
                 subprocess.run([sys.executable, GEN, "edit", x], check=True, stdout=subprocess.DEVNULL)
-            before = {"dbox": du(os.path.join(d, ".dbox")), "git": du(os.path.join(g, ".git")), "restic": du(rr), "borg": du(br)}
+            before = {"dbox": du(os.path.join(d, ".dbox", "store")), "git": du(os.path.join(g, ".git")), "restic": du(rr), "borg": du(br)}
             edit = {
                 "dbox": run([DBOX, "-C", d, "commit"]),
                 "git": total(run(["git", "add", "-A"], g), run(["git", "commit", "-q", "-m", "edit"], g)),
                 "restic": run(["restic", "-q", "-r", rr, "backup", "."], s),
                 "borg": run(["borg", "create", br + "::edit", "."], s),
             }
-            edit["dbox"]["bytes"] = du(os.path.join(d, ".dbox")) - before["dbox"]
+            edit["dbox"]["bytes"] = du(os.path.join(d, ".dbox", "store")) - before["dbox"]
             edit["git"]["bytes"] = du(os.path.join(g, ".git")) - before["git"]
             edit["restic"]["bytes"] = du(rr) - before["restic"]
             edit["borg"]["bytes"] = du(br) - before["borg"]
@@ -195,7 +196,7 @@ def main():
             "dbox": total(run([DBOX, "init", d]), run([DBOX, "-C", d, "commit", "-m", "source"])),
             "restic": total(run(["restic", "init", "-q", "-r", rr]), run(["restic", "-q", "-r", rr, "backup", "."], s)),
         }
-        src["dbox"]["bytes"] = du(os.path.join(d, ".dbox"))
+        src["dbox"]["bytes"] = du(os.path.join(d, ".dbox", "store"))
         src["restic"]["bytes"] = du(rr)
         table("store size for source", src, "stored")
         results["source"] = src
@@ -226,7 +227,7 @@ def main():
             if os.path.isfile(src):
                 os.link(src, os.path.join(d, f))
         r = total(run([DBOX, "init", d]), run([DBOX, "-C", d, "commit", "-m", "large"]))
-        r["bytes"] = du(os.path.join(d, ".dbox"))
+        r["bytes"] = du(os.path.join(d, ".dbox", "store"))
         table("commit of large (2 GiB), peak memory", {"dbox": r}, "stored")
         results["large"] = r
 

@@ -91,11 +91,16 @@ impl Cache {
     /// The content of `path` if its working-tree copy is known to match.
     pub fn trusted(&self, path: &[u8], stat: &Stat) -> Option<&Content> {
         let e = self.entries.get(path)?;
-        let s = e.stat.as_ref()?;
+        self.entry_trusted(e, stat).then_some(&e.content)
+    }
+
+    /// Whether the working-tree copy described by `stat` matches `e`.
+    pub fn entry_trusted(&self, e: &CacheEntry, stat: &Stat) -> bool {
+        let Some(s) = e.stat.as_ref() else { return false };
         // ctime too: the kernel sets it on every write, so an edit that
         // keeps the mtime (cp -p) is still seen.
         let racy = s.mtime_ns.max(s.ctime_ns) >= self.written_ns.saturating_sub(RACY_NS);
-        (s == stat && !racy).then_some(&e.content)
+        s == stat && !racy
     }
 
     /// Loads the cache; `None` when it is missing, damaged or of another

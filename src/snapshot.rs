@@ -204,11 +204,13 @@ pub fn status(repo: &Repo) -> Result<Status> {
     let scanned = scan(repo.root())?;
     let mut out = Status { head, warnings: scanned.warnings.clone(), ..Status::default() };
     let mut refreshed = false;
+    let mut matched = 0usize;
     for (path, wt) in &scanned.entries {
         let Some(e) = base.entries.get(path) else {
             out.changes.push((path.clone(), Change::Added));
             continue;
         };
+        matched += 1;
         if e.content.kind() != wt.kind {
             out.changes.push((path.clone(), Change::TypeChanged));
             continue;
@@ -220,7 +222,7 @@ pub fn status(repo: &Repo) -> Result<Status> {
                 None => continue,
             },
             (Content::File { chunks, executable, .. }, _) => {
-                if base.trusted(path, &wt.stat).is_some() {
+                if base.entry_trusted(e, &wt.stat) {
                     false
                 } else {
                     match hash_file(repo.store(), &abs_path(repo.root(), path))? {
@@ -242,9 +244,13 @@ pub fn status(repo: &Repo) -> Result<Status> {
             out.changes.push((path.clone(), Change::Modified));
         }
     }
-    for path in base.entries.keys() {
-        if !scanned.entries.contains_key(path) {
-            out.changes.push((path.clone(), Change::Deleted));
+    // Every cached path was seen unless fewer matched: then look for the
+    // deleted ones (the common unchanged case skips this pass).
+    if matched < base.entries.len() {
+        for path in base.entries.keys() {
+            if !scanned.entries.contains_key(path) {
+                out.changes.push((path.clone(), Change::Deleted));
+            }
         }
     }
     out.changes.sort();
