@@ -70,6 +70,27 @@ pub fn repo_path(repo: &Repo, typed: &Path) -> Result<Vec<u8>, CommandError> {
     Ok(bytes)
 }
 
+/// The JSON fields every command shows for a version (`log`, `show`).
+pub fn version_json(
+    id: &VersionId,
+    v: &dbox::store::SignedVersion,
+    info: &dbox::store::VersionInfo,
+) -> serde_json::Map<String, serde_json::Value> {
+    let serde_json::Value::Object(map) = serde_json::json!({
+        "id": id.to_string(),
+        "parents": v.body().parents.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+        "author": v.body().author.to_string(),
+        "seq": v.body().seq,
+        "time": rfc3339(info.time_ms),
+        "time_ms": info.time_ms,
+        "host": info.host,
+        "message": info.message,
+    }) else {
+        unreachable!("json! of an object literal is an object")
+    };
+    map
+}
+
 /// Formats Unix milliseconds as local time.
 pub fn format_time(ms: i64) -> String {
     use chrono::TimeZone;

@@ -37,17 +37,7 @@ impl From<std::io::Error> for CommandError {
     }
 }
 
-/// The error and its causes, joined with ": ".
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(x) = src {
-        s.push_str(": ");
-        s.push_str(&x.to_string());
-        src = x.source();
-    }
-    s
-}
+pub use dbox::store::error::chain;
 
 impl CommandError {
     /// Exit code, message and hint.

@@ -7,6 +7,7 @@
 
 use std::collections::HashSet;
 
+use dbox_store::error::chain;
 use dbox_store::verify::VerifyOptions;
 use dbox_store::{Node, ObjectId};
 
@@ -41,17 +42,6 @@ pub struct FsckReport {
     pub repaired: Vec<String>,
     /// Problems, as sentences.
     pub problems: Vec<String>,
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(x) = src {
-        s.push_str(": ");
-        s.push_str(&x.to_string());
-        src = x.source();
-    }
-    s
 }
 
 /// Checks the repository.

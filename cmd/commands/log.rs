@@ -6,7 +6,7 @@ use dbox::graph::render;
 use dbox::snapshot::path_changed;
 use dbox::store::VersionId;
 
-use super::{format_time, open_repo, repo_path, rfc3339};
+use super::{format_time, open_repo, repo_path, version_json};
 use crate::error::CommandError;
 use crate::ui::Ui;
 
@@ -69,17 +69,9 @@ pub fn run(args: Args, ui: &mut Ui) -> Result<(), CommandError> {
         let list: Vec<_> = details
             .iter()
             .map(|(id, v, info)| {
-                serde_json::json!({
-                    "id": id.to_string(),
-                    "parents": v.body().parents.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
-                    "author": v.body().author.to_string(),
-                    "seq": v.body().seq,
-                    "time": rfc3339(info.time_ms),
-                    "time_ms": info.time_ms,
-                    "host": info.host,
-                    "message": info.message,
-                    "head": Some(*id) == head,
-                })
+                let mut m = version_json(id, v, info);
+                m.insert("head".into(), (Some(*id) == head).into());
+                serde_json::Value::Object(m)
             })
             .collect();
         ui.json(&serde_json::Value::Array(list))?;

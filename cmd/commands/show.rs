@@ -3,7 +3,7 @@
 use dbox::snapshot::{compare, flatten, Change};
 use dbox::worktree::display;
 
-use super::{format_time, open_repo, resolve, rfc3339};
+use super::{format_time, open_repo, resolve, version_json};
 use crate::error::CommandError;
 use crate::ui::Ui;
 
@@ -36,20 +36,22 @@ pub fn run(args: Args, ui: &mut Ui) -> Result<(), CommandError> {
     };
     let changes = compare(&old, &new);
     if args.json {
-        ui.json(&serde_json::json!({
-            "id": id.to_string(),
-            "parents": v.body().parents.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
-            "author": v.body().author.to_string(),
-            "seq": v.body().seq,
-            "time": rfc3339(info.time_ms),
-            "time_ms": info.time_ms,
-            "host": info.host,
-            "message": info.message,
-            "root": v.body().root.to_string(),
-            "changes": changes.iter().map(|d| serde_json::json!({
-                "path": display(&d.path), "change": d.change.as_str(), "old_size": d.old_size, "new_size": d.new_size,
-            })).collect::<Vec<_>>(),
-        }))?;
+        let mut m = version_json(&id, &v, &info);
+        m.insert("root".into(), v.body().root.to_string().into());
+        m.insert(
+            "changes".into(),
+            changes
+                .iter()
+                .map(|d| {
+                    serde_json::json!({
+                        "path": display(&d.path), "change": d.change.as_str(),
+                        "old_size": d.old_size, "new_size": d.new_size,
+                    })
+                })
+                .collect::<Vec<_>>()
+                .into(),
+        );
+        ui.json(&serde_json::Value::Object(m))?;
         return Ok(());
     }
     ui.line(format!("version {id}"))?;

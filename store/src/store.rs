@@ -651,14 +651,7 @@ impl Store {
 }
 
 pub(crate) fn error_chain(e: &StoreError) -> String {
-    let mut s = e.to_string();
-    let mut src = std::error::Error::source(e);
-    while let Some(x) = src {
-        s.push_str(": ");
-        s.push_str(&x.to_string());
-        src = x.source();
-    }
-    s
+    crate::error::chain(e)
 }
 
 struct OpenPack {
