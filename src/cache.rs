@@ -27,6 +27,10 @@ use crate::worktree::{Kind, Stat};
 
 const MAGIC: &[u8; 8] = b"DBOXCACH";
 const FORMAT: u32 = 1;
+/// Largest cache file read (about three million entries); a larger one is
+/// ignored and rebuilt, so a damaged or planted file cannot make status read
+/// gigabytes.
+const MAX_CACHE_FILE: u64 = 512 << 20;
 /// Entries modified this close to the cache's writing are rehashed.
 pub const RACY_NS: i64 = 2_000_000_000;
 
@@ -46,6 +50,18 @@ pub enum Content {
     Dir,
     /// A symbolic link's target.
     Symlink(Vec<u8>),
+}
+
+impl From<&dbox_store::Node> for Content {
+    fn from(node: &dbox_store::Node) -> Self {
+        match node {
+            dbox_store::Node::File { size, chunks, executable } => {
+                Content::File { size: *size, chunks: chunks.clone(), executable: *executable }
+            }
+            dbox_store::Node::Dir { .. } => Content::Dir,
+            dbox_store::Node::Symlink { target } => Content::Symlink(target.clone()),
+        }
+    }
 }
 
 impl Content {
@@ -106,7 +122,7 @@ impl Cache {
     /// Loads the cache; `None` when it is missing, damaged or of another
     /// format (it is then rebuilt).
     pub fn load(path: &Path) -> Option<Self> {
-        let bytes = crate::fsutil::read_small(path, 4 << 30).ok()??;
+        let bytes = crate::fsutil::read_small(path, MAX_CACHE_FILE).ok()??;
         decode(&bytes)
     }
 

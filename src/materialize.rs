@@ -28,7 +28,7 @@ use dbox_store::{Store, VersionId};
 use crate::cache::{Cache, CacheEntry, Content};
 use crate::error::{RepoError, Result};
 use crate::repo::{Repo, LOCK_WAIT};
-use crate::snapshot::{flatten_version, load_base, FlatEntry};
+use crate::snapshot::{entry_at, flatten_version, hash_file, load_base, FlatEntry};
 use crate::worktree::{abs_path, display, scan, Kind, Stat};
 
 /// How many of the newest versions are searched for a working copy's
@@ -97,24 +97,10 @@ fn matches(
             } else if let Some(Content::File { chunks: c, .. }) = base.trusted(path, stat) {
                 c == chunks
             } else {
-                file_ids(store, &abs_path(root, path))?.as_ref() == Some(chunks)
+                hash_file(store, &abs_path(root, path))?.is_some_and(|(ids, _, _)| &ids == chunks)
             }
         }
     })
-}
-
-fn file_ids(store: &Store, path: &Path) -> Result<Option<Vec<dbox_store::ObjectId>>> {
-    let f = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(RepoError::io("open", path)(e)),
-    };
-    let mut chunker = dbox_store::Chunker::with_params(f, store.chunker_params());
-    let mut ids = Vec::new();
-    while let Some(c) = chunker.next_chunk().map_err(RepoError::io("read", path))? {
-        ids.push(dbox_store::object::seal(store.keys(), dbox_store::ObjectKind::Chunk, c).0);
-    }
-    Ok(Some(ids))
 }
 
 /// The first path under the folder `rel` that the scan did not report, if
@@ -398,28 +384,7 @@ fn apply(
         Ok(t)
     };
     let lookup = |root_tree: &dbox_store::ObjectId, p: &[u8]| -> Result<Option<Content>> {
-        let mut t = tree(root_tree)?;
-        let parts: Vec<&[u8]> = p.split(|b| *b == b'/').collect();
-        for (i, part) in parts.iter().enumerate() {
-            let Some(e) = t.get(part).cloned() else { return Ok(None) };
-            let last = i + 1 == parts.len();
-            match (&e.node, last) {
-                (dbox_store::Node::Dir { tree: sub }, false) => t = tree(sub)?,
-                (_, false) => return Ok(None),
-                (dbox_store::Node::Dir { .. }, true) => return Ok(Some(Content::Dir)),
-                (dbox_store::Node::File { size, chunks, executable }, true) => {
-                    return Ok(Some(Content::File {
-                        size: *size,
-                        chunks: chunks.clone(),
-                        executable: *executable,
-                    }))
-                }
-                (dbox_store::Node::Symlink { target }, true) => {
-                    return Ok(Some(Content::Symlink(target.clone())))
-                }
-            }
-        }
-        Ok(None)
+        Ok(entry_at(root_tree, p, &tree)?.as_ref().map(Content::from))
     };
     let saved = |p: &[u8]| -> Result<bool> {
         let Some(wt) = scanned.entries.get(p) else { return Ok(true) };
@@ -434,10 +399,8 @@ fn apply(
                 Ok(t) => Content::Symlink(t.as_os_str().as_bytes().to_vec()),
                 Err(_) => return Ok(false),
             },
-            Kind::File => match file_ids(store, &abs_path(root, p))? {
-                Some(chunks) => {
-                    Content::File { size: wt.stat.size, chunks, executable: wt.stat.executable() }
-                }
+            Kind::File => match hash_file(store, &abs_path(root, p))? {
+                Some((chunks, size, stat)) => Content::File { size, chunks, executable: stat.executable() },
                 None => return Ok(true),
             },
         };

@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::Path;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
@@ -76,16 +77,10 @@ pub fn flatten(store: &Store, root: &ObjectId) -> Result<BTreeMap<Vec<u8>, FlatE
                     ),
                 });
             }
-            let content = match &e.node {
-                Node::File { size, chunks, executable } => {
-                    Content::File { size: *size, chunks: chunks.clone(), executable: *executable }
-                }
-                Node::Dir { tree } => {
-                    stack.push((path.clone(), *tree));
-                    Content::Dir
-                }
-                Node::Symlink { target } => Content::Symlink(target.clone()),
-            };
+            if let Node::Dir { tree } = &e.node {
+                stack.push((path.clone(), *tree));
+            }
+            let content = Content::from(&e.node);
             out.insert(path, FlatEntry { content, mtime_ns: e.mtime_ns });
         }
     }
@@ -155,7 +150,7 @@ pub struct Status {
 
 /// Reads a file consistently and computes its chunk ids without storing
 /// anything. `None` when the file vanished.
-fn hash_file(store: &Store, path: &Path) -> Result<Option<(Vec<ObjectId>, u64, Stat)>> {
+pub(crate) fn hash_file(store: &Store, path: &Path) -> Result<Option<(Vec<ObjectId>, u64, Stat)>> {
     read_consistently(path, |f| {
         let mut chunker = Chunker::with_params(f, store.chunker_params());
         let mut ids = Vec::new();
@@ -540,51 +535,41 @@ pub fn commit(repo: &Repo, device: &Device, opts: &CommitOptions) -> Result<Comm
     Ok(CommitOutcome { version: Some(id), parent: head, message, changes, files_read, bytes_read, warnings })
 }
 
-/// The entry at `path` in the tree `root` (`path` empty: the root itself,
-/// as a folder).
-pub fn lookup(store: &Store, root: &ObjectId, path: &[u8]) -> Result<Option<FlatEntry>> {
+/// The node at `path` below the tree `root` (the empty path is the root
+/// folder), loading trees through `tree` so that a caller can memoize them.
+pub fn entry_at(
+    root: &ObjectId,
+    path: &[u8],
+    mut tree: impl FnMut(&ObjectId) -> Result<Rc<Tree>>,
+) -> Result<Option<Node>> {
     if path.is_empty() {
-        return Ok(Some(dir_entry(*root)));
+        return Ok(Some(Node::Dir { tree: *root }));
     }
-    let mut tree = store.get_tree(root)?;
-    let parts: Vec<&[u8]> = path.split(|b| *b == b'/').collect();
-    for (i, part) in parts.iter().enumerate() {
-        let Some(e) = tree.get(part) else { return Ok(None) };
-        let last = i + 1 == parts.len();
-        match &e.node {
-            Node::Dir { tree: t } if !last => tree = store.get_tree(t)?,
-            _ if !last => return Ok(None),
-            Node::Dir { tree: t } => return Ok(Some(dir_entry(*t))),
-            Node::File { size, chunks, executable } => {
-                return Ok(Some(FlatEntry {
-                    content: Content::File { size: *size, chunks: chunks.clone(), executable: *executable },
-                    mtime_ns: e.mtime_ns,
-                }))
+    let mut t = tree(root)?;
+    let mut parts = path.split(|b| *b == b'/').peekable();
+    while let Some(part) = parts.next() {
+        let Some(e) = t.get(part) else { return Ok(None) };
+        match (&e.node, parts.peek().is_some()) {
+            (Node::Dir { tree: sub }, true) => {
+                let sub = *sub;
+                t = tree(&sub)?;
             }
-            Node::Symlink { target } => {
-                return Ok(Some(FlatEntry { content: Content::Symlink(target.clone()), mtime_ns: None }))
-            }
+            (_, true) => return Ok(None),
+            (node, false) => return Ok(Some(node.clone())),
         }
     }
     Ok(None)
 }
 
-fn dir_entry(tree: ObjectId) -> FlatEntry {
-    // A folder's identity for comparisons is its tree id.
-    FlatEntry {
-        content: Content::File { size: 0, chunks: vec![tree], executable: false },
-        mtime_ns: Some(i64::MIN),
-    }
-}
-
-/// Whether `path` differs between two trees (folders by tree id).
+/// Whether `path` differs between two trees (folders compare by tree id).
 pub fn path_changed(store: &Store, a: Option<&ObjectId>, b: &ObjectId, path: &[u8]) -> Result<bool> {
-    let new = lookup(store, b, path)?;
+    let load = |id: &ObjectId| Ok(Rc::new(store.get_tree(id)?));
+    let new = entry_at(b, path, load)?;
     let old = match a {
-        Some(a) => lookup(store, a, path)?,
+        Some(a) => entry_at(a, path, load)?,
         None => None,
     };
-    Ok(old.map(|e| e.content) != new.map(|e| e.content))
+    Ok(old != new)
 }
 
 /// The working tree as a flat map, with file contents identified by chunk

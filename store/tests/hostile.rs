@@ -413,14 +413,7 @@ fn damaged_segment_entry_does_not_make_the_store_unwritable() -> TestResult {
 }
 
 fn dbox_store_error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(x) = src {
-        s.push_str(": ");
-        s.push_str(&x.to_string());
-        src = x.source();
-    }
-    s
+    dbox_store::error::chain(e)
 }
 
 #[test]
