@@ -108,6 +108,9 @@ pub enum RepoError {
     /// Invalid arguments.
     #[error("{0}")]
     Usage(String),
+    /// Talking to a peer failed.
+    #[error(transparent)]
+    Net(#[from] crate::net::NetError),
 }
 
 impl RepoError {

@@ -7,7 +7,8 @@
 //! object store underneath is the crate [`dbox_store`], re-exported as
 //! [`store`]; its docs are the on-disk format specification.
 //!
-//! Nothing here does network I/O.
+//! Membership ([`members`]) and the address book ([`peers`]) are local
+//! repository state; all network I/O is in [`net`].
 
 pub mod cache;
 pub mod error;
@@ -16,6 +17,9 @@ mod fsutil;
 pub mod graph;
 pub mod identity;
 pub mod materialize;
+pub mod members;
+pub mod net;
+pub mod peers;
 pub mod repo;
 pub mod snapshot;
 pub mod worktree;
