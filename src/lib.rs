@@ -2,8 +2,9 @@
 //!
 //! This crate holds repositories and working trees ([`repo`],
 //! [`worktree`], [`cache`]), snapshots and status ([`snapshot`]), writing
-//! versions back to disk ([`materialize`]), the version graph ([`graph`]),
-//! the device identity ([`identity`]) and integrity checks ([`fsck`]). The
+//! versions back to disk ([`materialize`]), joining heads ([`merge`]), the
+//! version graph ([`graph`]), the device identity ([`identity`]) and
+//! integrity checks ([`fsck`]). The
 //! object store underneath is the crate [`dbox_store`], re-exported as
 //! [`store`]; its docs are the on-disk format specification.
 //!
@@ -16,6 +17,7 @@ mod fsutil;
 pub mod graph;
 pub mod identity;
 pub mod materialize;
+pub mod merge;
 pub mod repo;
 pub mod snapshot;
 pub mod worktree;
