@@ -11,6 +11,7 @@ pub mod init;
 pub mod log;
 pub mod ls;
 pub mod manpages;
+pub mod merge;
 pub mod restore;
 pub mod show;
 pub mod status;
