@@ -22,8 +22,10 @@
 //! merge result, at that path or in a conflict copy. The result is stored as
 //! a version with parents `[HEAD, other]`, signed by the device, and then
 //! checked out through [`crate::materialize`], which refuses to overwrite
-//! anything unsaved. A merge refuses to start when the working tree has
-//! uncommitted changes. When HEAD is an ancestor of the other version the
+//! anything unsaved; should it refuse (a file edited while the merge ran),
+//! the merge version stays as a head and HEAD does not move, so `dbox
+//! checkout` can finish the job. A merge refuses to start when the working
+//! tree has uncommitted changes. When HEAD is an ancestor of the other version the
 //! merge is a fast-forward (a checkout); when the other is an ancestor of
 //! HEAD there is nothing to do.
 //!
