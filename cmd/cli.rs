@@ -42,6 +42,29 @@ pub enum Command {
     Checkout(commands::checkout::Args),
     Merge(commands::merge::Args),
     Fsck(commands::fsck::Args),
+    Id(commands::id::Args),
+    Peer(commands::peer::Args),
+    Invite(commands::invite::Args),
+    Clone(commands::clone::Args),
+    Serve(commands::serve::Args),
+    /// Send versions a peer lacks
+    ///
+    /// Tells the peer (which runs `dbox serve`) about this repository's
+    /// heads; it fetches what it lacks. PEER is a name from `dbox peer
+    /// list` or a peer id; ADDR (HOST:PORT) defaults to the address book's.
+    ///
+    ///     dbox push laptop
+    Push(commands::sync::Args),
+    /// Fetch versions this repository lacks from a peer
+    ///
+    /// Takes every version the peer (which runs `dbox serve`) has and this
+    /// repository lacks, verifying every object. A clean working tree whose
+    /// HEAD is an ancestor of the single new head moves forward; one with
+    /// uncommitted changes is never touched.
+    ///
+    ///     dbox pull laptop
+    Pull(commands::sync::Args),
+    Sync(commands::sync::Args),
     Demo(commands::demo::Args),
     Completions(commands::completions::Args),
     #[command(hide = true, name = "generate-manpages")]
@@ -72,6 +95,14 @@ fn dispatch(cli: Cli, ui: &mut Ui) -> Result<(), CommandError> {
         Command::Checkout(a) => commands::checkout::run(a, ui),
         Command::Merge(a) => commands::merge::run(a, ui),
         Command::Fsck(a) => commands::fsck::run(a, ui),
+        Command::Id(a) => commands::id::run(a, ui),
+        Command::Peer(a) => commands::peer::run(a, ui),
+        Command::Invite(a) => commands::invite::run(a, ui),
+        Command::Clone(a) => commands::clone::run(a, ui),
+        Command::Serve(a) => commands::serve::run(a, ui),
+        Command::Push(a) => commands::sync::run(a, dbox::net::ops::Direction::Push, ui),
+        Command::Pull(a) => commands::sync::run(a, dbox::net::ops::Direction::Pull, ui),
+        Command::Sync(a) => commands::sync::run(a, dbox::net::ops::Direction::Both, ui),
         Command::Demo(a) => commands::demo::run(a, ui),
         Command::Completions(a) => commands::completions::run(a, ui),
         Command::Manpages(a) => commands::manpages::run(a, ui),

@@ -2,19 +2,25 @@
 //! `--help` text, and a `run` function.
 
 pub mod checkout;
+pub mod clone;
 pub mod commit;
 pub mod completions;
 pub mod demo;
 pub mod diff;
 pub mod fsck;
+pub mod id;
 pub mod init;
+pub mod invite;
 pub mod log;
 pub mod ls;
 pub mod manpages;
 pub mod merge;
+pub mod peer;
 pub mod restore;
+pub mod serve;
 pub mod show;
 pub mod status;
+pub mod sync;
 
 use std::path::{Component, Path, PathBuf};
 

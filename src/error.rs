@@ -126,6 +126,9 @@ pub enum RepoError {
     /// Invalid arguments.
     #[error("{0}")]
     Usage(String),
+    /// Talking to a peer failed.
+    #[error(transparent)]
+    Net(#[from] crate::net::NetError),
 }
 
 /// Up to ten items joined by commas, then how many more there are.

@@ -107,3 +107,78 @@ impl Device {
         PeerId(self.key.verifying_key().to_bytes())
     }
 }
+
+/// Prefix of a peer id's text form.
+const PEER_ID_PREFIX: &str = "dbx";
+/// Length of the check value in a peer id's text form.
+const PEER_ID_CHECK: usize = 3;
+
+fn peer_id_check(key: &[u8; 32]) -> [u8; PEER_ID_CHECK] {
+    let h = blake3::derive_key("dbox peer id check v1", key);
+    [h[0], h[1], h[2]]
+}
+
+/// A peer id's text form: `dbx` and the base32 (RFC 4648, lower case) of
+/// the 32-byte key followed by a 3-byte check value, 59 characters in all.
+/// A mistyped character is caught by the check (all but one in 16 million
+/// typos).
+pub fn format_peer_id(id: &PeerId) -> String {
+    let mut bytes = Vec::with_capacity(32 + PEER_ID_CHECK);
+    bytes.extend_from_slice(id.as_bytes());
+    bytes.extend_from_slice(&peer_id_check(id.as_bytes()));
+    let mut s = String::from(PEER_ID_PREFIX);
+    s.push_str(&data_encoding::BASE32_NOPAD.encode(&bytes).to_ascii_lowercase());
+    s
+}
+
+/// Parses a peer id's text form (any case, surrounding space ignored).
+pub fn parse_peer_id(text: &str) -> Result<PeerId> {
+    let t = text.trim();
+    let bad =
+        |why: &str| RepoError::Usage(format!("{:?} is not a peer id: {why}", crate::fsutil::clip(t, 80)));
+    let rest = t
+        .get(..PEER_ID_PREFIX.len())
+        .filter(|p| p.eq_ignore_ascii_case(PEER_ID_PREFIX))
+        .map(|_| &t[PEER_ID_PREFIX.len()..])
+        .ok_or_else(|| bad("it does not start with \"dbx\" (`dbox id` prints this device's)"))?;
+    let bytes = data_encoding::BASE32_NOPAD
+        .decode(rest.to_ascii_uppercase().as_bytes())
+        .map_err(|_| bad("it holds characters that are not base32, or is cut short"))?;
+    if bytes.len() != 32 + PEER_ID_CHECK {
+        return Err(bad("wrong length"));
+    }
+    let mut key = [0u8; 32];
+    key.copy_from_slice(&bytes[..32]);
+    if bytes[32..] != peer_id_check(&key) {
+        return Err(bad("the check digits do not match (a typo?)"));
+    }
+    Ok(PeerId(key))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn peer_id_text_round_trips(key in any::<[u8; 32]>()) {
+            let id = PeerId(key);
+            let text = format_peer_id(&id);
+            prop_assert_eq!(text.len(), 59);
+            prop_assert_eq!(parse_peer_id(&text).ok(), Some(id));
+            prop_assert_eq!(parse_peer_id(&text.to_ascii_uppercase()).ok(), Some(id));
+        }
+
+        #[test]
+        fn one_changed_character_is_caught(key in any::<[u8; 32]>(), pos in 3usize..59, sub in 0usize..32) {
+            let text = format_peer_id(&PeerId(key));
+            let alphabet = b"abcdefghijklmnopqrstuvwxyz234567";
+            let mut b = text.into_bytes();
+            prop_assume!(b[pos] != alphabet[sub]);
+            b[pos] = alphabet[sub];
+            let typo = String::from_utf8(b).unwrap_or_default();
+            prop_assert!(parse_peer_id(&typo).is_err());
+        }
+    }
+}

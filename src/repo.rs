@@ -63,6 +63,14 @@ pub fn find_root(start: &Path) -> Option<PathBuf> {
 impl Repo {
     /// Creates a repository in `dir` (created if missing).
     pub fn init(dir: &Path) -> Result<Self> {
+        let mut repo_id = [0u8; 32];
+        dbox_store::crypto::fill_random(&mut repo_id)?;
+        Self::init_with(dir, RepoId(repo_id), &RepoKey::generate()?)
+    }
+
+    /// Creates a repository in `dir` for an existing repository id and key
+    /// (a device joining a repository).
+    pub fn init_with(dir: &Path, repo_id: RepoId, key: &RepoKey) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(RepoError::io("create directory", dir))?;
         let dir = dir.canonicalize().map_err(RepoError::io("resolve", dir))?;
         if let Some(root) = find_root(&dir) {
@@ -78,9 +86,7 @@ impl Repo {
             .mode(0o700)
             .create(&dot)
             .map_err(RepoError::io("create directory", &dot))?;
-        let mut repo_id = [0u8; 32];
-        dbox_store::crypto::fill_random(&mut repo_id)?;
-        Store::create(&dot.join("store"), RepoId(repo_id), &RepoKey::generate()?, StoreOptions::default())?;
+        Store::create(&dot.join("store"), repo_id, key, StoreOptions::default())?;
         // The marker goes last: a crash before it leaves no half repository
         // that commands would open.
         write_atomic(&dot.join("format"), FORMAT_LINE.as_bytes(), 0o600)?;

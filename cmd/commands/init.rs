@@ -25,6 +25,7 @@ pub fn run(args: Args, ui: &mut Ui) -> Result<(), CommandError> {
     let dir = args.dir.unwrap_or_else(|| PathBuf::from("."));
     let device = Device::load_or_create(&home_dir()?)?;
     let repo = Repo::init(&dir)?;
+    dbox::members::Members::load_or_found(&repo, &device)?;
     ui.line(format!("Initialized an empty dbox repository in {}", repo.root().display()))?;
     ui.note(format!("This device is {}", device.peer_id().short()))?;
     Ok(())

@@ -12,11 +12,7 @@ use crate::limits::MAX_CBOR_DEPTH;
 /// Byte strings are decoded into the scratch-backed visitor of ciborium, so a
 /// length prefix larger than the input fails on the short read rather than
 /// allocating what it claims.
-pub(crate) fn decode<T: DeserializeOwned>(
-    what: &'static str,
-    bytes: &[u8],
-    limit: usize,
-) -> Result<T, DecodeError> {
+pub fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8], limit: usize) -> Result<T, DecodeError> {
     if bytes.len() > limit {
         return Err(DecodeError::TooLarge { what, size: bytes.len() as u64, limit: limit as u64 });
     }
@@ -31,7 +27,7 @@ pub(crate) fn decode<T: DeserializeOwned>(
 
 /// Encodes a value as CBOR. Field order is the declaration order, so equal
 /// values always give equal bytes.
-pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     let mut out = Vec::new();
     ciborium::ser::into_writer(value, &mut out).expect("writing CBOR into a Vec cannot fail");
     out

@@ -174,7 +174,7 @@ pub mod version;
 pub mod vfs;
 
 mod atomic;
-mod cbor;
+pub mod cbor;
 
 pub use chunker::{Chunker, ChunkerParams};
 pub use crypto::{Keys, RepoKey};

@@ -1,0 +1,162 @@
+//! Sync between peers over QUIC: transport, wire protocol, sessions.
+//!
+//! Nothing outside this module does network I/O; it uses the repository
+//! layer ([`crate::repo`], [`crate::members`]) the way commands do.
+//!
+//! # Transport
+//!
+//! QUIC (quinn) with TLS 1.3 (rustls, ring). Each device's certificate is
+//! self-signed and made from its ed25519 device key ([`tls`]), so a peer id
+//! *is* the key in the certificate. Both ends present one:
+//! - the client pins the server's key to the peer id it was given
+//!   (`PEER@ADDR`, a name from the address book, or an invitation);
+//! - the server accepts any well-formed ed25519 certificate in the
+//!   handshake, then refuses the connection before anything else is
+//!   answered unless the key is a member of the repository or the client
+//!   presents a valid invitation.
+//!
+//! ALPN is [`ALPN`] (`dbox/1`); a peer speaking another protocol version
+//! fails the handshake, and the error says so.
+//!
+//! # Session
+//!
+//! The client opens the first bidirectional stream and sends a
+//! [`wire::Hello`] (protocol version, repository id, membership records,
+//! optionally an invitation secret); the server answers [`wire::Welcome`]
+//! (its membership records and, for an invitation, the new member's copy of
+//! the repo key) or refuses and closes. Both ends merge the other's
+//! membership records ([`crate::members`]).
+//!
+//! After that the session is symmetric: either end opens a stream per
+//! request and the other answers ([`session`]). Requests:
+//! - `Heads`: the sender's heads.
+//! - `Walk {from, limit}`: breadth-first from `from` through the sender's
+//!   graph, at most `limit` `(version, parents)` pairs. The puller asks for
+//!   the heads it lacks, keeps the versions it lacks and asks again from
+//!   their unknown parents with a doubled limit; it stops where it reaches
+//!   versions it has. Negotiation is therefore proportional to the
+//!   difference (plus at most one batch), never to the graph's size: two
+//!   graphs of 100,000 versions that differ by 10 exchange a few KiB.
+//! - `Get {ids}`: objects, as binary frames on the response stream. The
+//!   puller runs several at once ([`session::PARALLEL_GETS`]), checks every
+//!   object's BLAKE3 against its id and its kind against what referred to
+//!   it, and stores it.
+//! - `Announce {heads}`: "I have these heads"; the receiver pulls from the
+//!   announcer over the same connection and answers with what it took. A
+//!   push is an announcement; a sync is a pull and then an announcement.
+//!   The gossip issue keeps sessions open and sends announcements both
+//!   ways; fetching one object set from several peers is several `Get`s to
+//!   several sessions.
+//!
+//! A pull stores trees and chunks first, then the versions, and only then
+//! appends the versions to the versions log, which is what makes them
+//! visible: a version is never visible before everything it reaches is
+//! stored. Objects are flushed to disk every [`session::FLUSH_EVERY`] bytes,
+//! and present objects are never asked for, so an interrupted transfer
+//! resumes without resending what arrived.
+//!
+//! # Limits
+//!
+//! Control messages are at most [`wire::MAX_MESSAGE`] bytes, objects at
+//! most [`dbox_store::limits::MAX_OBJECT_SIZE`]; a `Walk` returns at most
+//! [`wire::MAX_WALK`] pairs, a `Get` asks for at most [`wire::MAX_GET`]
+//! objects. Every read of a message has a timeout ([`REQUEST_TIMEOUT`]),
+//! the connection has an idle timeout ([`IDLE_TIMEOUT`]) and keep-alives.
+
+pub mod invite;
+pub mod ops;
+pub mod session;
+pub mod tls;
+pub mod wire;
+
+use std::time::Duration;
+
+/// ALPN protocol id, carrying the protocol version.
+pub const ALPN: &[u8] = b"dbox/1";
+/// The protocol version inside [`wire::Hello`].
+pub const PROTOCOL: u32 = 1;
+/// Port `dbox serve` listens on by default.
+pub const DEFAULT_PORT: u16 = 7447;
+/// How long to wait for a connection to be made.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long to wait for any one message.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// A connection with no traffic for this long is dropped.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Errors of the network layer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NetError {
+    /// Could not reach or handshake with a peer.
+    #[error("cannot connect to {addr}: {reason}")]
+    Connect {
+        /// The address.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+    /// The peer refused us.
+    #[error("the peer refused: {0}")]
+    Refused(String),
+    /// The peer broke the protocol or sent bad data.
+    #[error("protocol error from the peer: {0}")]
+    Protocol(String),
+    /// A wait ran out.
+    #[error("timed out waiting for {0}")]
+    Timeout(&'static str),
+    /// The connection ended.
+    #[error("the connection was lost: {0}")]
+    Lost(String),
+    /// A local problem (socket, TLS setup).
+    #[error("{0}")]
+    Local(String),
+}
+
+impl From<quinn::ConnectionError> for NetError {
+    fn from(e: quinn::ConnectionError) -> Self {
+        match &e {
+            quinn::ConnectionError::ApplicationClosed(c) => {
+                let reason = String::from_utf8_lossy(&c.reason);
+                if reason.is_empty() {
+                    NetError::Lost("the peer closed the connection".into())
+                } else {
+                    NetError::Refused(reason.into_owned())
+                }
+            }
+            quinn::ConnectionError::TimedOut => NetError::Lost("no answer from the peer (timed out)".into()),
+            _ => NetError::Lost(e.to_string()),
+        }
+    }
+}
+
+impl From<quinn::WriteError> for NetError {
+    fn from(e: quinn::WriteError) -> Self {
+        match e {
+            quinn::WriteError::ConnectionLost(c) => c.into(),
+            e => NetError::Lost(e.to_string()),
+        }
+    }
+}
+
+impl From<quinn::ReadExactError> for NetError {
+    fn from(e: quinn::ReadExactError) -> Self {
+        match e {
+            quinn::ReadExactError::ReadError(quinn::ReadError::ConnectionLost(c)) => c.into(),
+            quinn::ReadExactError::FinishedEarly(_) => NetError::Protocol("a message was cut short".into()),
+            e => NetError::Lost(e.to_string()),
+        }
+    }
+}
+
+/// Runs `f` with a timeout.
+pub(crate) async fn timed<T>(
+    what: &'static str,
+    d: Duration,
+    f: impl std::future::Future<Output = Result<T, NetError>>,
+) -> Result<T, NetError> {
+    match tokio::time::timeout(d, f).await {
+        Ok(r) => r,
+        Err(_) => Err(NetError::Timeout(what)),
+    }
+}

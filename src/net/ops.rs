@@ -1,0 +1,638 @@
+//! What the commands do over the network: serve, push, pull, sync, clone;
+//! and moving a clean working tree forward after new versions arrive.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_bytes::ByteBuf;
+use tokio::task::JoinSet;
+
+use super::session::{blocking, Log, Progress, Session};
+use super::tls::{self, Identity};
+use super::wire::{read_msg, write_msg, Hello, Taken, Welcome};
+use super::{invite, timed, NetError, CONNECT_TIMEOUT, PROTOCOL};
+use crate::error::{RepoError, Result};
+use crate::identity::{format_peer_id, Device};
+use crate::members::Members;
+use crate::peers::{Book, Peer, Target};
+use crate::repo::Repo;
+use dbox_store::{PeerId, RepoId, RepoKey, VersionId};
+
+/// Which way a sync goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// Send ours.
+    Push,
+    /// Take theirs.
+    Pull,
+    /// Both.
+    Both,
+}
+
+/// What happened to the working tree after new versions arrived.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Advance {
+    /// It moved to this version.
+    Moved(VersionId),
+    /// HEAD is already the newest.
+    UpToDate,
+    /// It has uncommitted changes, so it was left alone.
+    Dirty(VersionId),
+    /// Several heads: nothing to move to without a merge.
+    Forked(usize),
+    /// There is no version at all.
+    Empty,
+}
+
+impl std::fmt::Display for Advance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Advance::Moved(v) => write!(f, "moved to {}", v.short()),
+            Advance::UpToDate => write!(f, "up to date"),
+            Advance::Dirty(v) => write!(
+                f,
+                "left alone: it has uncommitted changes (commit them, then `dbox merge` or `dbox checkout {}`)",
+                v.short()
+            ),
+            Advance::Forked(n) => {
+                write!(f, "left alone: there are {n} heads (`dbox log --graph` shows them, `dbox merge` joins them)")
+            }
+            Advance::Empty => write!(f, "no versions yet"),
+        }
+    }
+}
+
+/// Moves a clean working tree whose HEAD is an ancestor of the single
+/// head forward to it. A tree with uncommitted changes is never touched.
+pub fn advance_worktree(repo: &Repo) -> Result<Advance> {
+    let graph = repo.graph()?;
+    let heads = graph.heads();
+    let head = repo.head()?;
+    let target = match (head, heads.as_slice()) {
+        (_, []) => return Ok(Advance::Empty),
+        (Some(h), _) if heads.contains(&h) => {
+            return Ok(if heads.len() == 1 { Advance::UpToDate } else { Advance::Forked(heads.len()) })
+        }
+        (Some(h), [one]) if graph.is_ancestor(&h, one) => *one,
+        (None, [one]) => *one,
+        (_, _) => return Ok(Advance::Forked(heads.len())),
+    };
+    let status = crate::snapshot::status(repo)?;
+    if !status.changes.is_empty() {
+        return Ok(Advance::Dirty(target));
+    }
+    crate::materialize::checkout(repo, &target, false)?;
+    Ok(Advance::Moved(target))
+}
+
+/// A finished push, pull or sync.
+#[derive(Clone, Debug)]
+pub struct Report {
+    /// The peer.
+    pub peer: PeerId,
+    /// The address used.
+    pub addr: String,
+    /// What we took.
+    pub pulled: Taken,
+    /// What the peer took from us.
+    pub pushed: Taken,
+    /// UDP bytes sent.
+    pub sent: u64,
+    /// UDP bytes received.
+    pub received: u64,
+    /// How long it took.
+    pub elapsed: Duration,
+    /// What happened to our working tree (after a pull).
+    pub worktree: Option<Advance>,
+}
+
+/// A multi-threaded async runtime for one command.
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| NetError::Local(format!("cannot start the async runtime: {e}")).into())
+}
+
+fn unspecified_for(addr: &SocketAddr) -> SocketAddr {
+    if addr.is_ipv4() {
+        SocketAddr::from(([0, 0, 0, 0], 0))
+    } else {
+        SocketAddr::from(([0u16; 8], 0))
+    }
+}
+
+/// Explains a failed handshake.
+fn connect_error(
+    addr: &str,
+    expected: &PeerId,
+    seen: &Mutex<Option<PeerId>>,
+    e: impl std::fmt::Display,
+) -> NetError {
+    let text = e.to_string();
+    let seen = seen.lock().ok().and_then(|s| *s);
+    let reason = match seen {
+        Some(s) if &s != expected => format!(
+            "the device there is {}, not {} (wrong address, or the peer id is mistyped)",
+            format_peer_id(&s),
+            format_peer_id(expected)
+        ),
+        _ if text.contains("no_application_protocol")
+            || text.contains("NoApplicationProtocol")
+            || text.contains("0x178") =>
+        {
+            "the peer speaks another dbox protocol version (dbox/1 here); update the older side".into()
+        }
+        _ => text,
+    };
+    NetError::Connect { addr: addr.to_string(), reason }
+}
+
+/// Connects to `expected` at `addr` and says hello.
+pub async fn connect(
+    identity: &Identity,
+    expected: PeerId,
+    addr: &str,
+    hello: &Hello,
+) -> Result<(quinn::Endpoint, quinn::Connection, Vec<ByteBuf>, Option<ByteBuf>)> {
+    let addrs: Vec<SocketAddr> = timed("the address lookup", CONNECT_TIMEOUT, async {
+        tokio::net::lookup_host(addr)
+            .await
+            .map(|a| a.collect())
+            .map_err(|e| NetError::Connect { addr: addr.into(), reason: format!("cannot resolve: {e}") })
+    })
+    .await?;
+    let mut last = NetError::Connect { addr: addr.into(), reason: "the name resolves to no address".into() };
+    for sa in addrs {
+        let seen = Arc::new(Mutex::new(None));
+        let cfg = tls::client_config(identity, expected, seen.clone())?;
+        let endpoint = tls::endpoint(unspecified_for(&sa), None)?;
+        let connecting = match endpoint.connect_with(cfg, sa, "dbox") {
+            Ok(c) => c,
+            Err(e) => {
+                last = NetError::Connect { addr: addr.into(), reason: e.to_string() };
+                continue;
+            }
+        };
+        let conn = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                last = connect_error(addr, &expected, &seen, e);
+                continue;
+            }
+            Err(_) => {
+                last = NetError::Connect {
+                    addr: addr.into(),
+                    reason: "no answer (is `dbox serve` running there?)".into(),
+                };
+                continue;
+            }
+        };
+        let (mut send, mut recv) = timed("the session to open", CONNECT_TIMEOUT, async {
+            conn.open_bi().await.map_err(NetError::from)
+        })
+        .await?;
+        write_msg(&mut send, hello).await?;
+        let _ = send.finish();
+        return match read_msg::<Welcome>(&mut recv, "the peer's welcome").await {
+            Ok(Welcome::Ok { members, key }) => Ok((endpoint, conn, members, key)),
+            Ok(Welcome::Refused { reason }) => Err(NetError::Refused(reason).into()),
+            Err(e) => Err(e.into()),
+        };
+    }
+    Err(last.into())
+}
+
+fn hello(repo: RepoId, members: &Members, join: Option<[u8; 32]>) -> Hello {
+    Hello {
+        proto: PROTOCOL,
+        repo: ByteBuf::from(repo.0.to_vec()),
+        join: join.map(|s| ByteBuf::from(s.to_vec())),
+        members: members.records().iter().map(|r| ByteBuf::from(r.as_bytes().to_vec())).collect(),
+    }
+}
+
+/// Merges the peer's membership records into ours and saves them.
+fn merge_members(
+    repo: &Repo,
+    members: &mut Members,
+    raw: &[ByteBuf],
+    trust_genesis: bool,
+) -> Result<Vec<String>> {
+    let raw: Vec<Vec<u8>> = raw.iter().map(|b| b.to_vec()).collect();
+    let (added, refused) = members.merge(&repo.store().repo_id(), &raw, trust_genesis);
+    if added > 0 {
+        members.save(repo)?;
+    }
+    Ok(refused)
+}
+
+/// Push, pull or sync with `target`.
+pub async fn sync(
+    repo: Repo,
+    device: Arc<Device>,
+    target: &Target,
+    direction: Direction,
+    progress: Arc<Progress>,
+    log: Log,
+) -> Result<Report> {
+    let start = Instant::now();
+    let identity = Identity::new(device.signing_key())?;
+    let (repo2, dev2) = (repo.clone(), device.clone());
+    let mut members = blocking(move || Members::load_or_found(&repo2, &dev2)).await?;
+    let h = hello(repo.store().repo_id(), &members, None);
+    let (endpoint, conn, theirs, _) = connect(&identity, target.id, &target.addr, &h).await?;
+    let repo2 = repo.clone();
+    let members = blocking(move || {
+        for r in merge_members(&repo2, &mut members, &theirs, false)? {
+            log(format!("ignored a membership record from the peer: {r}"));
+        }
+        Ok(members)
+    })
+    .await?;
+    let session =
+        Session::new(conn, target.id, repo.clone(), members, progress, Arc::new(|_| {}), Some(endpoint));
+    let responder = tokio::spawn(session.clone().serve_requests());
+    let result = async {
+        let mut pulled = Taken::default();
+        let mut pushed = Taken::default();
+        if direction != Direction::Push {
+            pulled = session.pull().await?;
+        }
+        if direction != Direction::Pull {
+            pushed = session.announce().await?;
+        }
+        Ok::<_, RepoError>((pulled, pushed))
+    }
+    .await;
+    let (sent, received) = session.wire_bytes();
+    session.close().await;
+    responder.abort();
+    let (pulled, pushed) = result?;
+    // Remember where the peer was reached.
+    if let Some(name) = &target.name {
+        let (repo2, name, addr) = (repo.clone(), name.clone(), target.addr.clone());
+        let _ = blocking(move || {
+            let mut book = Book::load(&repo2)?;
+            if book.get(&name).is_some_and(|p| p.addr.as_deref() != Some(&addr)) {
+                book.set_addr(&name, &addr)?;
+                book.save(&repo2)?;
+            }
+            Ok(())
+        })
+        .await;
+    }
+    let worktree = if pulled.versions > 0 {
+        let repo2 = repo.clone();
+        Some(blocking(move || advance_worktree(&repo2)).await?)
+    } else {
+        None
+    };
+    Ok(Report {
+        peer: target.id,
+        addr: target.addr.clone(),
+        pulled,
+        pushed,
+        sent,
+        received,
+        elapsed: start.elapsed(),
+        worktree,
+    })
+}
+
+/// A finished clone.
+#[derive(Debug)]
+pub struct Cloned {
+    /// The new repository.
+    pub repo: Repo,
+    /// The transfer.
+    pub report: Report,
+    /// The version checked out, if any.
+    pub head: Option<VersionId>,
+}
+
+/// Joins the repository an invitation is for, in `dir`.
+pub async fn clone(
+    token: &invite::Token,
+    dir: &Path,
+    device: Arc<Device>,
+    progress: Arc<Progress>,
+) -> Result<Cloned> {
+    let start = Instant::now();
+    if token.expires_ms <= crate::members::now_ms() {
+        return Err(RepoError::Usage("this invitation has expired; ask for a new one".into()));
+    }
+    check_clone_dir(dir)?;
+    let identity = Identity::new(device.signing_key())?;
+    let h = hello(token.repo, &Members::default(), Some(token.secret));
+    let mut last = None;
+    let mut got = None;
+    for addr in &token.addrs {
+        match connect(&identity, token.inviter, addr, &h).await {
+            Ok(c) => {
+                got = Some((addr.clone(), c));
+                break;
+            }
+            // A refusal is final: the token is spent or bad.
+            Err(RepoError::Net(NetError::Refused(r))) => return Err(NetError::Refused(r).into()),
+            Err(e) => last = Some(e),
+        }
+    }
+    let Some((addr, (endpoint, conn, theirs, key))) = got else {
+        return Err(last.unwrap_or_else(|| NetError::Local("the invitation lists no address".into()).into()));
+    };
+    let key = key
+        .and_then(|k| <[u8; 32]>::try_from(k.as_slice()).ok())
+        .ok_or_else(|| NetError::Protocol("the inviter did not send the repository key".into()))?;
+    let (dir2, repo_id, me, inviter) = (dir.to_path_buf(), token.repo, device.peer_id(), token.inviter);
+    let addr2 = addr.clone();
+    let (repo, members) = blocking(move || {
+        let repo = Repo::init_with(&dir2, repo_id, &RepoKey::from_bytes(key))?;
+        let mut members = Members::default();
+        merge_members(&repo, &mut members, &theirs, true)?;
+        if !members.contains(&me) || !members.contains(&inviter) {
+            return Err(
+                NetError::Protocol("the inviter's membership list does not name both of us".into()).into()
+            );
+        }
+        members.save(&repo)?;
+        let mut book = Book::load(&repo)?;
+        book.add(Peer { name: "origin".into(), id: inviter, addr: Some(addr2) })?;
+        book.save(&repo)?;
+        Ok((repo, members))
+    })
+    .await?;
+    let session =
+        Session::new(conn, token.inviter, repo.clone(), members, progress, Arc::new(|_| {}), Some(endpoint));
+    let responder = tokio::spawn(session.clone().serve_requests());
+    let pulled = session.pull().await;
+    let (sent, received) = session.wire_bytes();
+    session.close().await;
+    responder.abort();
+    let pulled = pulled?;
+    let repo2 = repo.clone();
+    let head = blocking(move || {
+        let g = repo2.graph()?;
+        let newest = g.heads().into_iter().max_by_key(|h| (g.get(h).map(|n| n.time_ms), *h));
+        if let Some(h) = newest {
+            crate::materialize::checkout(&repo2, &h, false)?;
+        }
+        Ok(newest)
+    })
+    .await?;
+    Ok(Cloned {
+        repo,
+        report: Report {
+            peer: token.inviter,
+            addr,
+            pulled,
+            pushed: Taken::default(),
+            sent,
+            received,
+            elapsed: start.elapsed(),
+            worktree: None,
+        },
+        head,
+    })
+}
+
+fn check_clone_dir(dir: &Path) -> Result<()> {
+    match std::fs::read_dir(dir) {
+        Ok(mut it) => {
+            if it.next().is_some() {
+                return Err(RepoError::Usage(format!("{} exists and is not empty", dir.display())));
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(RepoError::io("read", dir)(e)),
+    }
+}
+
+/// A running server's address file, for `dbox invite`.
+pub fn serve_addr_path(repo: &Repo) -> PathBuf {
+    repo.dot_dir().join("serve.addr")
+}
+
+/// Addresses others can reach a server bound to `bound` at.
+pub fn reachable_addrs(bound: SocketAddr) -> Vec<String> {
+    if !bound.ip().is_unspecified() {
+        return vec![bound.to_string()];
+    }
+    let mut out = Vec::new();
+    if let Ok(ifs) = if_addrs::get_if_addrs() {
+        let mut ips: Vec<std::net::IpAddr> = ifs
+            .iter()
+            .map(|i| i.ip())
+            .filter(|ip| !ip.is_loopback() && (bound.is_ipv6() || ip.is_ipv4()))
+            .filter(|ip| !matches!(ip, std::net::IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80))
+            .collect();
+        ips.sort_by_key(|ip| ip.is_ipv6());
+        ips.dedup();
+        out.extend(ips.into_iter().map(|ip| SocketAddr::new(ip, bound.port()).to_string()));
+    }
+    out.push(SocketAddr::new([127, 0, 0, 1].into(), bound.port()).to_string());
+    out
+}
+
+/// Whether a `dbox serve` is running in `repo`, and where.
+pub fn running_server(repo: &Repo) -> Result<Option<Vec<String>>> {
+    use dbox_store::vfs::Vfs;
+    let lock = repo.dot_dir().join("serve.lock");
+    if !lock.exists() {
+        return Ok(None);
+    }
+    match dbox_store::vfs::OsFs.try_lock(&lock, std::process::id()) {
+        Ok(Some(_free)) => Ok(None),
+        Ok(None) => {
+            let text = crate::fsutil::read_small(&serve_addr_path(repo), 64 * 1024)?.unwrap_or_default();
+            let addrs = String::from_utf8_lossy(&text)
+                .lines()
+                .map(str::to_string)
+                .filter(|l| !l.is_empty())
+                .collect();
+            Ok(Some(addrs))
+        }
+        Err(e) => Err(RepoError::io("lock", lock)(e)),
+    }
+}
+
+struct ServeCtx {
+    root: PathBuf,
+    device: Arc<Device>,
+    log: Log,
+    invites: tokio::sync::Mutex<()>,
+}
+
+/// Answers members until `shutdown` completes; returns the bound address
+/// through `bound` as soon as it listens.
+pub async fn serve(
+    root: &Path,
+    device: Arc<Device>,
+    listen: SocketAddr,
+    log: Log,
+    bound: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<()> {
+    use dbox_store::vfs::Vfs;
+    let repo = Repo::open(root)?;
+    Members::load_or_found(&repo, &device)?;
+    let lock_path = repo.dot_dir().join("serve.lock");
+    let _lock = dbox_store::vfs::OsFs
+        .try_lock(&lock_path, std::process::id())
+        .map_err(RepoError::io("lock", &lock_path))?
+        .ok_or_else(|| RepoError::Usage("another `dbox serve` is running in this repository".into()))?;
+    let identity = Identity::new(device.signing_key())?;
+    let endpoint = tls::endpoint(listen, Some(tls::server_config(&identity)?))?;
+    let local =
+        endpoint.local_addr().map_err(|e| NetError::Local(format!("cannot read the bound address: {e}")))?;
+    let addrs = reachable_addrs(local);
+    crate::fsutil::write_atomic(
+        &serve_addr_path(&repo),
+        format!("{}\n", addrs.join("\n")).as_bytes(),
+        0o600,
+    )?;
+    log(format!(
+        "serving {} as {} on {}",
+        root.display(),
+        format_peer_id(&device.peer_id()),
+        addrs.join(", ")
+    ));
+    if let Some(b) = bound {
+        let _ = b.send(local);
+    }
+    let ctx = Arc::new(ServeCtx {
+        root: root.to_path_buf(),
+        device,
+        log: log.clone(),
+        invites: tokio::sync::Mutex::new(()),
+    });
+    let mut tasks = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            inc = endpoint.accept() => {
+                let Some(inc) = inc else { break };
+                let ctx = ctx.clone();
+                tasks.spawn(async move {
+                    let from = inc.remote_address();
+                    if let Err(e) = handle(inc, &ctx).await {
+                        (ctx.log)(format!("{from}: {}", dbox_store::error::chain(&e)));
+                    }
+                });
+                while tasks.try_join_next().is_some() {}
+            }
+        }
+    }
+    log("shutting down: finishing transfers in progress (up to 10 s)".into());
+    endpoint.set_server_config(None);
+    let _ =
+        tokio::time::timeout(Duration::from_secs(10), async { while tasks.join_next().await.is_some() {} })
+            .await;
+    tasks.shutdown().await;
+    endpoint.close(0u32.into(), b"server shutting down");
+    let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+    let _ = std::fs::remove_file(serve_addr_path(&repo));
+    log("stopped".into());
+    Ok(())
+}
+
+/// Refuses a connection with a reason the client will show.
+async fn refuse(conn: &quinn::Connection, send: &mut quinn::SendStream, reason: String) -> NetError {
+    let _ = write_msg(send, &Welcome::Refused { reason: reason.clone() }).await;
+    let _ = send.finish();
+    // Give the answer a moment to leave before closing.
+    let _ = tokio::time::timeout(Duration::from_millis(500), send.stopped()).await;
+    conn.close(1u32.into(), reason.as_bytes());
+    NetError::Refused(reason)
+}
+
+async fn handle(inc: quinn::Incoming, ctx: &ServeCtx) -> Result<()> {
+    let conn = timed("the handshake", CONNECT_TIMEOUT, async { inc.await.map_err(NetError::from) }).await?;
+    let peer = tls::remote_peer(&conn)?;
+    let who = format!("{} at {}", format_peer_id(&peer), conn.remote_address());
+    let (mut send, mut recv) = timed("the session to open", CONNECT_TIMEOUT, async {
+        conn.accept_bi().await.map_err(NetError::from)
+    })
+    .await?;
+    let hello: Hello = match read_msg(&mut recv, "the hello").await {
+        Ok(h) => h,
+        Err(e) => {
+            conn.close(2u32.into(), b"bad hello");
+            return Err(e.into());
+        }
+    };
+    let root = ctx.root.clone();
+    let dev = ctx.device.clone();
+    let (repo, mut members) = blocking(move || {
+        let repo = Repo::open(&root)?;
+        let m = Members::load_or_found(&repo, &dev)?;
+        Ok((repo, m))
+    })
+    .await?;
+    if hello.proto != PROTOCOL {
+        return Err(refuse(
+            &conn,
+            &mut send,
+            format!("protocol version {} is not spoken here (1 is)", hello.proto),
+        )
+        .await
+        .into());
+    }
+    if hello.repo.as_slice() != repo.store().repo_id().as_bytes() {
+        return Err(refuse(&conn, &mut send, "this peer does not serve that repository".into()).await.into());
+    }
+    let mut key = None;
+    if let Some(secret) = &hello.join {
+        let _one_at_a_time = ctx.invites.lock().await;
+        let (repo2, dev2, secret) = (repo.clone(), ctx.device.clone(), secret.to_vec());
+        let verdict = blocking(move || {
+            let mut m = Members::load_or_found(&repo2, &dev2)?;
+            if m.contains(&peer) {
+                return Ok((Err("this device is a member already; use `dbox pull`"), m));
+            }
+            match invite::consume(&repo2, &secret)? {
+                Ok(()) => {
+                    m.add(&repo2, &dev2, peer)?;
+                    Ok((Ok(()), m))
+                }
+                Err(why) => Ok((Err(why), m)),
+            }
+        })
+        .await?;
+        match verdict {
+            (Ok(()), m) => {
+                members = m;
+                key = Some(ByteBuf::from(repo.store().repo_key().expose_secret().to_vec()));
+                (ctx.log)(format!("{who} joined with an invitation"));
+            }
+            (Err(why), _) => return Err(refuse(&conn, &mut send, why.into()).await.into()),
+        }
+    } else if !members.contains(&peer) {
+        return Err(refuse(
+            &conn,
+            &mut send,
+            format!("device {} is not a member of this repository", format_peer_id(&peer)),
+        )
+        .await
+        .into());
+    }
+    let (repo2, theirs) = (repo.clone(), hello.members.clone());
+    let members = blocking(move || {
+        merge_members(&repo2, &mut members, &theirs, false)?;
+        Ok(members)
+    })
+    .await?;
+    let ours: Vec<ByteBuf> = members.records().iter().map(|r| ByteBuf::from(r.as_bytes().to_vec())).collect();
+    write_msg(&mut send, &Welcome::Ok { members: ours, key }).await?;
+    let _ = send.finish();
+    (ctx.log)(format!("{who} connected"));
+    let session =
+        Session::new(conn, peer, repo, members, Arc::new(Progress::default()), ctx.log.clone(), None);
+    session.clone().serve_requests().await;
+    (ctx.log)(format!("{who} disconnected"));
+    Ok(())
+}

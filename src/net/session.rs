@@ -1,0 +1,779 @@
+//! A session: one authenticated connection between two members, the
+//! requests either end answers, and the pull that either end can run.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde_bytes::ByteBuf;
+use tokio::task::JoinSet;
+
+use super::wire::{
+    self, ids_to_wire, objects_from_wire, read_msg, read_object, versions_from_wire, write_msg, Request,
+    Response, Taken, MAX_GET, MAX_HEADS, MAX_WALK,
+};
+use super::{NetError, REQUEST_TIMEOUT};
+use crate::error::{RepoError, Result};
+use crate::graph::Graph;
+use crate::members::Members;
+use crate::repo::{Repo, LOCK_WAIT};
+use dbox_store::{
+    object, Node, ObjectId, ObjectKind, PeerId, SignedVersion, Tree, VersionId, VersionInfo, Writer,
+};
+
+/// `Get` requests in flight at once during a pull.
+pub const PARALLEL_GETS: usize = 8;
+/// Objects per `Get` of chunks.
+const CHUNK_BATCH: usize = 128;
+/// Received objects are made durable at least this often (bytes).
+pub const FLUSH_EVERY: u64 = 64 << 20;
+/// Received objects waiting to be written, at most.
+const STORE_QUEUE: usize = 16;
+/// First `Walk` limit; it doubles each round.
+const FIRST_WALK: u32 = 64;
+/// Most versions one pull takes.
+const MAX_PULL_VERSIONS: usize = 10_000_000;
+/// Trees remembered as complete from the versions a pull builds on.
+const MAX_KNOWN_TREES: usize = 1_000_000;
+
+/// Where log lines of a serving process go.
+pub type Log = Arc<dyn Fn(String) + Send + Sync>;
+
+/// Running counts of a pull, for progress display.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Objects received so far.
+    pub objects: AtomicU64,
+    /// Bytes of objects received so far.
+    pub bytes: AtomicU64,
+    /// Objects known to be needed (grows as trees arrive).
+    pub objects_needed: AtomicU64,
+    /// Versions taken.
+    pub versions: AtomicU64,
+}
+
+/// One end of a session.
+pub struct Session {
+    conn: quinn::Connection,
+    peer: PeerId,
+    repo: Repo,
+    members: Mutex<Members>,
+    graph: Mutex<Option<Arc<Graph>>>,
+    served: AtomicU64,
+    /// Counts of the pull running in this session.
+    pub progress: Arc<Progress>,
+    log: Log,
+    // Keeps the endpoint alive as long as the session.
+    _endpoint: Option<quinn::Endpoint>,
+}
+
+impl Session {
+    /// A session over `conn` with `peer`, for `repo`.
+    pub fn new(
+        conn: quinn::Connection,
+        peer: PeerId,
+        repo: Repo,
+        members: Members,
+        progress: Arc<Progress>,
+        log: Log,
+        endpoint: Option<quinn::Endpoint>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            conn,
+            peer,
+            repo,
+            members: Mutex::new(members),
+            graph: Mutex::new(None),
+            served: AtomicU64::new(0),
+            progress,
+            log,
+            _endpoint: endpoint,
+        })
+    }
+
+    /// The other end's peer id.
+    pub fn peer(&self) -> PeerId {
+        self.peer
+    }
+
+    /// The connection.
+    pub fn connection(&self) -> &quinn::Connection {
+        &self.conn
+    }
+
+    /// The repository.
+    pub fn repo(&self) -> &Repo {
+        &self.repo
+    }
+
+    /// Bytes sent and received on the wire so far (UDP payloads).
+    pub fn wire_bytes(&self) -> (u64, u64) {
+        let s = self.conn.stats();
+        (s.udp_tx.bytes, s.udp_rx.bytes)
+    }
+
+    /// Ends the session politely and waits briefly for the close to be sent.
+    pub async fn close(&self) {
+        self.conn.close(0u32.into(), b"done");
+        if let Some(e) = &self._endpoint {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), e.wait_idle()).await;
+        }
+    }
+
+    fn members_snapshot(&self) -> Members {
+        self.members.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    async fn graph(&self, fresh: bool) -> Result<Arc<Graph>> {
+        if !fresh {
+            if let Some(g) = self.graph.lock().ok().and_then(|g| g.clone()) {
+                return Ok(g);
+            }
+        }
+        let repo = self.repo.clone();
+        let g = blocking(move || {
+            repo.store().refresh()?;
+            repo.graph()
+        })
+        .await?;
+        let g = Arc::new(g);
+        if let Ok(mut slot) = self.graph.lock() {
+            *slot = Some(g.clone());
+        }
+        Ok(g)
+    }
+
+    // ---- Requests this end makes --------------------------------------
+
+    async fn request(&self, req: &Request) -> Result<(quinn::SendStream, quinn::RecvStream), NetError> {
+        let (mut send, recv) = self.conn.open_bi().await?;
+        write_msg(&mut send, req).await?;
+        send.finish().map_err(|e| NetError::Lost(e.to_string()))?;
+        Ok((send, recv))
+    }
+
+    async fn ask(&self, req: &Request, what: &'static str) -> Result<Response, NetError> {
+        let (_send, mut recv) = self.request(req).await?;
+        match read_msg::<Response>(&mut recv, what).await? {
+            Response::Error(e) => Err(NetError::Refused(e)),
+            r => Ok(r),
+        }
+    }
+
+    /// The other end's heads.
+    pub async fn heads(&self) -> Result<Vec<VersionId>, NetError> {
+        match self.ask(&Request::Heads, "the peer's heads").await? {
+            Response::Heads(h) if h.len() <= MAX_HEADS => versions_from_wire(&h),
+            Response::Heads(h) => Err(NetError::Protocol(format!("{} heads is over the limit", h.len()))),
+            _ => Err(NetError::Protocol("an answer that does not match the request (heads)".into())),
+        }
+    }
+
+    async fn walk(
+        &self,
+        from: &[VersionId],
+        limit: u32,
+    ) -> Result<Vec<(VersionId, Vec<VersionId>)>, NetError> {
+        let req = Request::Walk { from: ids_to_wire(from.iter().map(|v| v.0)), limit };
+        match self.ask(&req, "the peer's graph").await? {
+            Response::Walk(pairs) if pairs.len() <= limit as usize => pairs
+                .iter()
+                .map(|(v, ps)| {
+                    if ps.len() > dbox_store::limits::MAX_PARENTS {
+                        return Err(NetError::Protocol("a version with too many parents".into()));
+                    }
+                    Ok((VersionId(wire::id_from_wire(v)?), versions_from_wire(ps)?))
+                })
+                .collect(),
+            Response::Walk(_) => Err(NetError::Protocol("more versions than asked for".into())),
+            _ => Err(NetError::Protocol("an answer that does not match the request (walk)".into())),
+        }
+    }
+
+    /// Fetches objects; `f` gets each (checked against its id). Objects
+    /// the peer lacks are an error.
+    async fn get(&self, ids: &[ObjectId], mut f: impl FnMut(ObjectId, Vec<u8>) -> Result<()>) -> Result<()> {
+        let req = Request::Get { ids: ids_to_wire(ids.iter().map(|i| i.0)) };
+        let (_send, mut recv) = self.request(&req).await?;
+        for want in ids {
+            let (id, bytes) = read_object(&mut recv).await?;
+            if &id != want {
+                return Err(NetError::Protocol(format!(
+                    "object {} sent where {} was asked",
+                    id.short(),
+                    want.short()
+                ))
+                .into());
+            }
+            let Some(bytes) = bytes else {
+                return Err(NetError::Protocol(format!(
+                    "the peer lacks object {}, which its versions need",
+                    id.short()
+                ))
+                .into());
+            };
+            object::check_id(&id, &bytes)
+                .map_err(|_| NetError::Protocol(format!("object {} does not match its id", id.short())))?;
+            f(id, bytes)?;
+        }
+        Ok(())
+    }
+
+    /// Tells the other end about our heads and waits while it pulls them.
+    pub async fn announce(self: &Arc<Self>) -> Result<Taken> {
+        let heads = self.graph(true).await?.heads();
+        let req = Request::Announce { heads: ids_to_wire(heads.iter().map(|v| v.0)) };
+        let (_send, mut recv) = self.request(&req).await?;
+        // The peer pulls from us meanwhile: keep waiting as long as it keeps asking.
+        let mut read = Box::pin(async move { read_msg_unbounded(&mut recv).await });
+        let mut last = self.served.load(Ordering::Relaxed);
+        loop {
+            match tokio::time::timeout(REQUEST_TIMEOUT, &mut read).await {
+                Ok(Ok(Response::Announced(t))) => return Ok(t),
+                Ok(Ok(Response::Error(e))) => return Err(NetError::Refused(e).into()),
+                Ok(Ok(_)) => {
+                    return Err(NetError::Protocol("an answer that does not match (announce)".into()).into())
+                }
+                Ok(Err(e)) => return Err(e.into()),
+                Err(_) => {
+                    let now = self.served.load(Ordering::Relaxed);
+                    if now == last {
+                        return Err(NetError::Timeout("the peer to finish pulling").into());
+                    }
+                    last = now;
+                }
+            }
+        }
+    }
+
+    // ---- Answering ------------------------------------------------------
+
+    /// Answers the other end's requests until the connection ends.
+    pub async fn serve_requests(self: Arc<Self>) {
+        let mut tasks = JoinSet::new();
+        while let Ok((send, recv)) = self.conn.accept_bi().await {
+            let s = self.clone();
+            tasks.spawn(async move {
+                if let Err(e) = s.answer(send, recv).await {
+                    (s.log)(format!("{}: request failed: {}", crate::identity::format_peer_id(&s.peer), e));
+                }
+            });
+            while tasks.try_join_next().is_some() {}
+        }
+        tasks.shutdown().await;
+    }
+
+    async fn answer(
+        self: &Arc<Self>,
+        mut send: quinn::SendStream,
+        mut recv: quinn::RecvStream,
+    ) -> Result<()> {
+        let req: Request = read_msg(&mut recv, "a request").await?;
+        self.served.fetch_add(1, Ordering::Relaxed);
+        let reply = match req {
+            Request::Heads => {
+                let g = self.graph(true).await?;
+                Response::Heads(ids_to_wire(g.heads().iter().map(|v| v.0)))
+            }
+            Request::Walk { from, limit } => {
+                if from.len() > MAX_HEADS * 4 || limit > MAX_WALK {
+                    Response::Error("walk request over the limits".into())
+                } else {
+                    let from = versions_from_wire(&from)?;
+                    let mut g = self.graph(false).await?;
+                    if from.iter().any(|v| !g.contains(v)) {
+                        g = self.graph(true).await?;
+                    }
+                    Response::Walk(walk(&g, &from, limit as usize))
+                }
+            }
+            Request::Get { ids } => {
+                if ids.len() > MAX_GET {
+                    return Err(NetError::Protocol(format!(
+                        "a get of {} objects is over the limit",
+                        ids.len()
+                    ))
+                    .into());
+                }
+                let ids = objects_from_wire(&ids)?;
+                return self.send_objects(send, ids).await;
+            }
+            Request::Announce { heads } => {
+                if heads.len() > MAX_HEADS {
+                    Response::Error("too many heads".into())
+                } else {
+                    match self.pull().await {
+                        Ok(t) => {
+                            if t.versions > 0 {
+                                (self.log)(format!(
+                                    "{}: took {} version(s), {} object(s), {} bytes",
+                                    crate::identity::format_peer_id(&self.peer),
+                                    t.versions,
+                                    t.objects,
+                                    t.bytes
+                                ));
+                                self.after_pull();
+                            }
+                            Response::Announced(t)
+                        }
+                        Err(e) => Response::Error(dbox_store::error::chain(&e)),
+                    }
+                }
+            }
+        };
+        write_msg(&mut send, &reply).await?;
+        let _ = send.finish();
+        Ok(())
+    }
+
+    /// After a pull this end did for the other: move a clean working tree.
+    fn after_pull(&self) {
+        match crate::net::ops::advance_worktree(&self.repo) {
+            Ok(a) => (self.log)(format!("working tree: {a}")),
+            Err(e) => (self.log)(format!("working tree not updated: {}", dbox_store::error::chain(&e))),
+        }
+    }
+
+    async fn send_objects(&self, mut send: quinn::SendStream, ids: Vec<ObjectId>) -> Result<()> {
+        for batch in ids.chunks(32) {
+            let store = self.repo.store().clone();
+            let batch = batch.to_vec();
+            let got = blocking(move || {
+                let mut out = Vec::with_capacity(batch.len());
+                for id in batch {
+                    let b = match store.try_get_raw(&id) {
+                        Ok(Some(b)) => Some(b),
+                        Ok(None) => {
+                            // A commit may have landed since the store was opened.
+                            store.refresh()?;
+                            store.try_get_raw(&id).ok().flatten()
+                        }
+                        Err(_) => None,
+                    };
+                    out.push((id, b));
+                }
+                Ok(out)
+            })
+            .await?;
+            for (id, b) in got {
+                wire::write_object(&mut send, &id, b.as_deref()).await?;
+            }
+        }
+        let _ = send.finish();
+        Ok(())
+    }
+
+    // ---- Pulling --------------------------------------------------------
+
+    /// Takes every version the other end has and this end lacks, with
+    /// everything they reach.
+    pub async fn pull(self: &Arc<Self>) -> Result<Taken> {
+        let remote_heads = self.heads().await?;
+        let local = self.graph(true).await?;
+        let missing_heads: Vec<VersionId> = remote_heads.into_iter().filter(|h| !local.contains(h)).collect();
+        if missing_heads.is_empty() {
+            return Ok(Taken::default());
+        }
+        // Negotiation: walk the peer's graph down to what we have.
+        let mut lacking: HashMap<VersionId, Vec<VersionId>> = HashMap::new();
+        let mut frontier = missing_heads;
+        let mut limit = FIRST_WALK;
+        while !frontier.is_empty() {
+            let ask: Vec<VersionId> = frontier.iter().take(MAX_HEADS).copied().collect();
+            let answer = self.walk(&ask, limit).await?;
+            if answer.is_empty() {
+                return Err(NetError::Protocol("the peer's graph walk returned nothing".into()).into());
+            }
+            for (v, parents) in answer {
+                if !local.contains(&v) {
+                    lacking.entry(v).or_insert(parents);
+                }
+            }
+            if lacking.len() > MAX_PULL_VERSIONS {
+                return Err(NetError::Protocol("more versions than one pull takes".into()).into());
+            }
+            let mut next: Vec<VersionId> = Vec::new();
+            let mut seen = HashSet::new();
+            for parents in lacking.values() {
+                for p in parents {
+                    if !local.contains(p) && !lacking.contains_key(p) && seen.insert(*p) {
+                        next.push(*p);
+                    }
+                }
+            }
+            frontier = next;
+            limit = (limit * 2).min(MAX_WALK);
+        }
+
+        // The versions themselves, checked.
+        let members = self.members_snapshot();
+        let keys = self.repo.store().keys().clone();
+        let repo_id = self.repo.store().repo_id();
+        let ids: Vec<ObjectId> = lacking.keys().map(|v| ObjectId::from(*v)).collect();
+        let mut versions: HashMap<VersionId, (SignedVersion, VersionInfo)> = HashMap::new();
+        for batch in ids.chunks(MAX_GET) {
+            self.get(batch, |id, bytes| {
+                let bad = |why: String| {
+                    RepoError::from(NetError::Protocol(format!("version {}: {why}", id.short())))
+                };
+                if ObjectKind::of_stored(&bytes).ok() != Some(ObjectKind::Version) {
+                    return Err(bad("not a version".into()));
+                }
+                let v = SignedVersion::from_stored(&bytes).map_err(|e| bad(e.to_string()))?;
+                if v.body().repo != repo_id {
+                    return Err(bad("it belongs to another repository".into()));
+                }
+                if !members.contains(&v.body().author) {
+                    return Err(bad(format!(
+                        "signed by {}, who is not a member",
+                        crate::identity::format_peer_id(&v.body().author)
+                    )));
+                }
+                let info = v.info(&keys).map_err(|e| bad(e.to_string()))?;
+                versions.insert(VersionId::from(id), (v, info));
+                Ok(())
+            })
+            .await?;
+        }
+        for (id, (v, _)) in &versions {
+            for p in &v.body().parents {
+                if !local.contains(p) && !versions.contains_key(p) {
+                    return Err(NetError::Protocol(format!(
+                        "version {} names parent {}, which the peer did not send",
+                        id.short(),
+                        p.short()
+                    ))
+                    .into());
+                }
+            }
+        }
+        let order = topological(&versions, &local)?;
+
+        // Everything they reach, stored before any of them is recorded.
+        let repo = self.repo.clone();
+        let writer = Arc::new(blocking(move || Ok(repo.store().writer_wait(LOCK_WAIT)?)).await?);
+        let (tx, rx) = tokio::sync::mpsc::channel::<(ObjectId, Vec<u8>)>(STORE_QUEUE);
+        let storer = {
+            let w = writer.clone();
+            let progress = self.progress.clone();
+            std::thread::spawn(move || store_loop(&w, rx, &progress))
+        };
+        let fetched = self.fetch_content(&versions, &local, &writer, &tx).await;
+        drop(tx);
+        let stored = storer.join().map_err(|_| RepoError::Usage("the storing thread panicked".into()))?;
+        let taken_objects = stored?;
+        fetched?;
+
+        let repo = self.repo.clone();
+        let progress = self.progress.clone();
+        let n = blocking(move || {
+            for id in &order {
+                if let Some((v, _)) = versions.get(id) {
+                    writer.put_raw(&ObjectId::from(*id), v.stored())?;
+                }
+            }
+            writer.flush()?;
+            // Another pull may have recorded some meanwhile (we hold the lock now).
+            let have = repo.graph()?;
+            let fresh: Vec<(SignedVersion, VersionInfo)> =
+                order.iter().filter(|id| !have.contains(id)).filter_map(|id| versions.remove(id)).collect();
+            repo.record_versions(&fresh)?;
+            progress.versions.fetch_add(fresh.len() as u64, Ordering::Relaxed);
+            drop(writer);
+            Ok(fresh.len() as u64)
+        })
+        .await?;
+        if let Ok(mut g) = self.graph.lock() {
+            *g = None;
+        }
+        Ok(Taken { versions: n, objects: taken_objects.0, bytes: taken_objects.1 })
+    }
+
+    async fn fetch_content(
+        self: &Arc<Self>,
+        versions: &HashMap<VersionId, (SignedVersion, VersionInfo)>,
+        local: &Graph,
+        writer: &Arc<Writer>,
+        tx: &tokio::sync::mpsc::Sender<(ObjectId, Vec<u8>)>,
+    ) -> Result<()> {
+        // Trees of the local versions this pull builds on are complete.
+        let boundary: Vec<VersionId> = versions
+            .values()
+            .flat_map(|(v, _)| v.body().parents.iter().copied())
+            .filter(|p| local.contains(p))
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let repo = self.repo.clone();
+        let complete = blocking(move || known_trees(&repo, &boundary)).await?;
+
+        let keys = self.repo.store().keys().clone();
+        let mut seen_trees: HashSet<ObjectId> = HashSet::new();
+        let mut chunks: Vec<ObjectId> = Vec::new();
+        let mut seen_chunks: HashSet<ObjectId> = HashSet::new();
+        let mut level: Vec<ObjectId> = versions
+            .values()
+            .map(|(v, _)| v.body().root)
+            .filter(|r| !complete.contains(r) && seen_trees.insert(*r))
+            .collect();
+        while !level.is_empty() {
+            // Trees we hold are read locally; the others are fetched.
+            let w = writer.clone();
+            let ids = level.clone();
+            let (mut trees, remote) = blocking(move || {
+                let mut have = Vec::new();
+                let mut remote = Vec::new();
+                for id in ids {
+                    match w.store().contains(&id)? {
+                        true => have.push((id, w.get_raw(&id)?)),
+                        false => remote.push(id),
+                    }
+                }
+                Ok((have, remote))
+            })
+            .await?;
+            for batch in remote.chunks(MAX_GET) {
+                let mut got = Vec::new();
+                self.get(batch, |id, bytes| {
+                    got.push((id, bytes));
+                    Ok(())
+                })
+                .await?;
+                for (id, bytes) in got {
+                    if ObjectKind::of_stored(&bytes).ok() != Some(ObjectKind::Tree) {
+                        return Err(NetError::Protocol(format!("object {} is not a tree", id.short())).into());
+                    }
+                    self.progress.objects_needed.fetch_add(1, Ordering::Relaxed);
+                    trees.push((id, bytes.clone()));
+                    tx.send((id, bytes))
+                        .await
+                        .map_err(|_| RepoError::Usage("the storing thread stopped".into()))?;
+                }
+            }
+            let mut next = Vec::new();
+            for (id, bytes) in trees {
+                let tree = object::open(&keys, ObjectKind::Tree, &bytes)
+                    .and_then(|p| Tree::decode(&p))
+                    .map_err(|e| NetError::Protocol(format!("tree {} is invalid: {e}", id.short())))?;
+                for e in tree.entries() {
+                    match &e.node {
+                        Node::Dir { tree } => {
+                            if !complete.contains(tree) && seen_trees.insert(*tree) {
+                                next.push(*tree);
+                            }
+                        }
+                        Node::File { chunks: cs, .. } => {
+                            for c in cs {
+                                if seen_chunks.insert(*c) {
+                                    chunks.push(*c);
+                                }
+                            }
+                        }
+                        Node::Symlink { .. } => {}
+                    }
+                }
+            }
+            level = next;
+        }
+        drop(seen_chunks);
+
+        // Chunks we lack, several streams at once.
+        let store = self.repo.store().clone();
+        let wanted = blocking(move || {
+            let mut out = Vec::new();
+            for c in chunks {
+                if !store.contains(&c)? {
+                    out.push(c);
+                }
+            }
+            Ok(out)
+        })
+        .await?;
+        self.progress.objects_needed.fetch_add(wanted.len() as u64, Ordering::Relaxed);
+        let queue: Arc<Mutex<VecDeque<Vec<ObjectId>>>> =
+            Arc::new(Mutex::new(wanted.chunks(CHUNK_BATCH).map(<[ObjectId]>::to_vec).collect()));
+        let mut tasks = JoinSet::new();
+        for _ in 0..PARALLEL_GETS {
+            let s = self.clone();
+            let q = queue.clone();
+            let tx = tx.clone();
+            tasks.spawn(async move {
+                loop {
+                    let Some(batch) = q.lock().ok().and_then(|mut q| q.pop_front()) else { return Ok(()) };
+                    let mut buf = Vec::new();
+                    let r = s
+                        .get(&batch, |id, bytes| {
+                            if ObjectKind::of_stored(&bytes).ok() != Some(ObjectKind::Chunk) {
+                                return Err(NetError::Protocol(format!(
+                                    "object {} is not a chunk",
+                                    id.short()
+                                ))
+                                .into());
+                            }
+                            buf.push((id, bytes));
+                            Ok(())
+                        })
+                        .await;
+                    // Keep what arrived even if the rest did not.
+                    for item in buf.drain(..) {
+                        tx.send(item)
+                            .await
+                            .map_err(|_| RepoError::Usage("the storing thread stopped".into()))?;
+                    }
+                    r?;
+                }
+            });
+        }
+        let mut first_err = None;
+        while let Some(r) = tasks.join_next().await {
+            let r = r.map_err(|e| RepoError::Usage(format!("a transfer task failed: {e}"))).and_then(|r| r);
+            if let (Err(e), None) = (r, &first_err) {
+                first_err = Some(e);
+                // Stop the others: nothing more is needed if one failed.
+                if let Ok(mut q) = queue.lock() {
+                    q.clear();
+                }
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Reads a response with no time limit of its own (the caller watches).
+async fn read_msg_unbounded(recv: &mut quinn::RecvStream) -> Result<Response, NetError> {
+    let mut len = [0u8; 4];
+    recv.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > wire::MAX_MESSAGE {
+        return Err(NetError::Protocol(format!("a message of {len} bytes is over the limit")));
+    }
+    let mut body = vec![0u8; len];
+    recv.read_exact(&mut body).await?;
+    dbox_store::cbor::decode("an answer", &body, wire::MAX_MESSAGE)
+        .map_err(|e| NetError::Protocol(e.to_string()))
+}
+
+/// Writes received objects; flushes every [`FLUSH_EVERY`] bytes and at
+/// the end, also when the transfer failed, so that what arrived is kept.
+fn store_loop(
+    w: &Writer,
+    mut rx: tokio::sync::mpsc::Receiver<(ObjectId, Vec<u8>)>,
+    progress: &Progress,
+) -> Result<(u64, u64)> {
+    let mut since_flush = 0u64;
+    let (mut objects, mut bytes) = (0u64, 0u64);
+    let mut result: Result<()> = Ok(());
+    while let Some((id, b)) = rx.blocking_recv() {
+        if result.is_err() {
+            continue;
+        }
+        match w.put_raw(&id, &b) {
+            Ok(()) => {
+                objects += 1;
+                bytes += b.len() as u64;
+                since_flush += b.len() as u64;
+                progress.objects.fetch_add(1, Ordering::Relaxed);
+                progress.bytes.fetch_add(b.len() as u64, Ordering::Relaxed);
+                if since_flush >= FLUSH_EVERY {
+                    since_flush = 0;
+                    if let Err(e) = w.flush() {
+                        result = Err(e.into());
+                    }
+                }
+            }
+            Err(e) => result = Err(e.into()),
+        }
+    }
+    let flushed = w.flush();
+    result?;
+    flushed?;
+    Ok((objects, bytes))
+}
+
+/// Tree ids reachable from `versions` (all stored: they are visible).
+fn known_trees(repo: &Repo, versions: &[VersionId]) -> Result<HashSet<ObjectId>> {
+    let mut out = HashSet::new();
+    let mut stack: Vec<ObjectId> = Vec::new();
+    for v in versions {
+        stack.push(repo.store().get_version(v)?.body().root);
+    }
+    while let Some(t) = stack.pop() {
+        if out.len() >= MAX_KNOWN_TREES {
+            break;
+        }
+        if !out.insert(t) {
+            continue;
+        }
+        for e in repo.store().get_tree(&t)?.entries() {
+            if let Node::Dir { tree } = &e.node {
+                stack.push(*tree);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Breadth-first from `from`, at most `limit` `(version, parents)` pairs.
+fn walk(g: &Graph, from: &[VersionId], limit: usize) -> Vec<(ByteBuf, Vec<ByteBuf>)> {
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    let mut queue: VecDeque<VersionId> = from.iter().copied().collect();
+    while let Some(v) = queue.pop_front() {
+        if out.len() >= limit {
+            break;
+        }
+        if !seen.insert(v) {
+            continue;
+        }
+        let Some(node) = g.get(&v) else { continue };
+        out.push((ByteBuf::from(v.0.to_vec()), ids_to_wire(node.parents.iter().map(|p| p.0))));
+        queue.extend(node.parents.iter().copied());
+    }
+    out
+}
+
+/// Parents before children.
+fn topological(
+    versions: &HashMap<VersionId, (SignedVersion, VersionInfo)>,
+    local: &Graph,
+) -> Result<Vec<VersionId>> {
+    let mut pending: HashMap<VersionId, usize> = HashMap::new();
+    let mut children: HashMap<VersionId, Vec<VersionId>> = HashMap::new();
+    for (id, (v, _)) in versions {
+        let n = v.body().parents.iter().filter(|p| !local.contains(p)).count();
+        pending.insert(*id, n);
+        for p in &v.body().parents {
+            if !local.contains(p) {
+                children.entry(*p).or_default().push(*id);
+            }
+        }
+    }
+    let mut ready: Vec<VersionId> = pending.iter().filter(|(_, n)| **n == 0).map(|(id, _)| *id).collect();
+    ready.sort();
+    let mut out = Vec::with_capacity(versions.len());
+    while let Some(id) = ready.pop() {
+        out.push(id);
+        for c in children.get(&id).into_iter().flatten() {
+            if let Some(n) = pending.get_mut(c) {
+                *n -= 1;
+                if *n == 0 {
+                    ready.push(*c);
+                }
+            }
+        }
+    }
+    if out.len() != versions.len() {
+        return Err(NetError::Protocol("the versions sent form a cycle".into()).into());
+    }
+    Ok(out)
+}
+
+/// Runs blocking repository work off the async threads.
+pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| RepoError::Usage(format!("a worker thread failed: {e}")))?
+}

@@ -1,0 +1,194 @@
+//! Messages and their framing.
+//!
+//! A control message is a 4-byte big-endian length and that many bytes of
+//! CBOR, at most [`MAX_MESSAGE`]. An object on a `Get` response stream is a
+//! frame `[present: u8][id: 32][len: u32 BE][len bytes]`; an object the
+//! sender lacks is `[0][id][0]`.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+
+use super::{timed, NetError, REQUEST_TIMEOUT};
+use dbox_store::limits::MAX_OBJECT_SIZE;
+use dbox_store::{ObjectId, VersionId};
+
+/// Largest control message.
+pub const MAX_MESSAGE: usize = 4 << 20;
+/// Most pairs in one `Walk` answer.
+pub const MAX_WALK: u32 = 16_384;
+/// Most ids in one `Get`.
+pub const MAX_GET: usize = 4096;
+/// Most heads a peer may announce.
+pub const MAX_HEADS: usize = 4096;
+
+/// The first message of a session, client to server.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Hello {
+    /// Protocol version ([`super::PROTOCOL`]).
+    pub proto: u32,
+    /// The repository the client wants.
+    pub repo: ByteBuf,
+    /// An invitation secret, when joining.
+    pub join: Option<ByteBuf>,
+    /// The client's membership records.
+    pub members: Vec<ByteBuf>,
+}
+
+/// The server's answer to [`Hello`].
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Welcome {
+    /// Go ahead.
+    Ok {
+        /// The server's membership records.
+        members: Vec<ByteBuf>,
+        /// The repo key, only for a client joining with an invitation.
+        key: Option<ByteBuf>,
+    },
+    /// No.
+    Refused {
+        /// Why, for the user.
+        reason: String,
+    },
+}
+
+/// A request; either end may send one on a stream it opens.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Request {
+    /// Your heads, please.
+    Heads,
+    /// Walk your graph from these versions.
+    Walk {
+        /// Where to start.
+        from: Vec<ByteBuf>,
+        /// At most this many answers.
+        limit: u32,
+    },
+    /// Send these objects.
+    Get {
+        /// Object ids.
+        ids: Vec<ByteBuf>,
+    },
+    /// I have these heads: pull them from me.
+    Announce {
+        /// The announcer's heads.
+        heads: Vec<ByteBuf>,
+    },
+}
+
+/// What a pull took.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Taken {
+    /// Versions added.
+    pub versions: u64,
+    /// Objects received (trees and chunks, not versions).
+    pub objects: u64,
+    /// Bytes of those objects.
+    pub bytes: u64,
+}
+
+/// An answer.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Response {
+    /// The heads.
+    Heads(Vec<ByteBuf>),
+    /// `(version, parents)` pairs, breadth first.
+    Walk(Vec<(ByteBuf, Vec<ByteBuf>)>),
+    /// The pull an announcement caused.
+    Announced(Taken),
+    /// The request failed.
+    Error(String),
+}
+
+/// Converts wire ids.
+pub fn ids_to_wire(ids: impl IntoIterator<Item = [u8; 32]>) -> Vec<ByteBuf> {
+    ids.into_iter().map(|i| ByteBuf::from(i.to_vec())).collect()
+}
+
+/// A 32-byte id from the wire.
+pub fn id_from_wire(b: &ByteBuf) -> Result<[u8; 32], NetError> {
+    b.as_slice().try_into().map_err(|_| NetError::Protocol(format!("an id of {} bytes, not 32", b.len())))
+}
+
+/// Version ids from the wire.
+pub fn versions_from_wire(v: &[ByteBuf]) -> Result<Vec<VersionId>, NetError> {
+    v.iter().map(|b| id_from_wire(b).map(VersionId)).collect()
+}
+
+/// Object ids from the wire.
+pub fn objects_from_wire(v: &[ByteBuf]) -> Result<Vec<ObjectId>, NetError> {
+    v.iter().map(|b| id_from_wire(b).map(ObjectId)).collect()
+}
+
+/// Writes one control message.
+pub async fn write_msg<T: Serialize>(s: &mut quinn::SendStream, m: &T) -> Result<(), NetError> {
+    let body = dbox_store::cbor::encode(m);
+    if body.len() > MAX_MESSAGE {
+        return Err(NetError::Local(format!("a message of {} bytes is over the limit", body.len())));
+    }
+    let mut frame = Vec::with_capacity(4 + body.len());
+    frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&body);
+    s.write_all(&frame).await?;
+    Ok(())
+}
+
+/// Reads one control message, waiting at most [`REQUEST_TIMEOUT`].
+pub async fn read_msg<T: DeserializeOwned>(
+    r: &mut quinn::RecvStream,
+    what: &'static str,
+) -> Result<T, NetError> {
+    timed(what, REQUEST_TIMEOUT, async {
+        let mut len = [0u8; 4];
+        r.read_exact(&mut len).await?;
+        let len = u32::from_be_bytes(len) as usize;
+        if len > MAX_MESSAGE {
+            return Err(NetError::Protocol(format!("{what}: a message of {len} bytes is over the limit")));
+        }
+        let mut body = vec![0u8; len];
+        r.read_exact(&mut body).await?;
+        dbox_store::cbor::decode(what, &body, MAX_MESSAGE).map_err(|e| NetError::Protocol(e.to_string()))
+    })
+    .await
+}
+
+/// Writes one object frame (`None`: the sender lacks it).
+pub async fn write_object(
+    s: &mut quinn::SendStream,
+    id: &ObjectId,
+    bytes: Option<&[u8]>,
+) -> Result<(), NetError> {
+    let mut head = [0u8; 37];
+    head[0] = u8::from(bytes.is_some());
+    head[1..33].copy_from_slice(id.as_bytes());
+    let len = bytes.map_or(0, <[u8]>::len) as u32;
+    head[33..].copy_from_slice(&len.to_be_bytes());
+    s.write_all(&head).await?;
+    if let Some(b) = bytes {
+        s.write_all(b).await?;
+    }
+    Ok(())
+}
+
+/// Reads one object frame: the id and the bytes if the sender had it.
+/// The bytes are not yet checked against the id.
+pub async fn read_object(r: &mut quinn::RecvStream) -> Result<(ObjectId, Option<Vec<u8>>), NetError> {
+    timed("an object", REQUEST_TIMEOUT, async {
+        let mut head = [0u8; 37];
+        r.read_exact(&mut head).await?;
+        let mut id = [0u8; 32];
+        id.copy_from_slice(&head[1..33]);
+        let len = u32::from_be_bytes([head[33], head[34], head[35], head[36]]) as usize;
+        match head[0] {
+            0 if len == 0 => Ok((ObjectId(id), None)),
+            1 if len <= MAX_OBJECT_SIZE => {
+                let mut b = vec![0u8; len];
+                r.read_exact(&mut b).await?;
+                Ok((ObjectId(id), Some(b)))
+            }
+            1 => Err(NetError::Protocol(format!("an object of {len} bytes is over the limit"))),
+            _ => Err(NetError::Protocol("a malformed object frame".into())),
+        }
+    })
+    .await
+}

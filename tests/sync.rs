@@ -1,0 +1,382 @@
+//! Sync between real `dbox` processes over loopback QUIC: identities, the
+//! address book, invitations, push, pull, sync, the working-tree rules;
+//! and (in process) the size of the negotiation on a large graph.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{write, Run, TestResult};
+
+/// One simulated device: its own DBOX_HOME.
+struct Dev {
+    home: PathBuf,
+}
+
+impl Dev {
+    fn new(root: &Path, name: &str) -> std::io::Result<Self> {
+        let home = root.join(format!("home-{name}"));
+        std::fs::create_dir_all(&home)?;
+        Ok(Self { home })
+    }
+
+    fn command(&self, dir: &Path, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_dbox"));
+        c.args(args)
+            .current_dir(dir)
+            .env_clear()
+            .env("DBOX_HOME", &self.home)
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("TZ", "UTC");
+        c
+    }
+
+    fn run(&self, dir: &Path, args: &[&str]) -> std::io::Result<Run> {
+        let out = self.command(dir, args).stdin(Stdio::null()).output()?;
+        Ok(Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        })
+    }
+
+    fn ok(&self, dir: &Path, args: &[&str]) -> Result<Run, Box<dyn std::error::Error>> {
+        let r = self.run(dir, args)?;
+        if r.code != 0 {
+            return Err(format!("dbox {args:?} failed: {r:?}").into());
+        }
+        Ok(r)
+    }
+
+    fn id(&self) -> Result<String, Box<dyn std::error::Error>> {
+        Ok(self.ok(&self.home, &["id"])?.stdout.trim().to_string())
+    }
+
+    /// Starts `dbox serve` in `repo` on a free loopback port.
+    fn serve(&self, repo: &Path) -> Result<Server, Box<dyn std::error::Error>> {
+        let mut child = self
+            .command(repo, &["serve", "--listen", "127.0.0.1:0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let stderr = child.stderr.take().ok_or("no stderr")?;
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(i) = line.find(" on 127.0.0.1:") {
+                    let _ = tx.send(line[i + 4..].split(',').next().unwrap_or("").trim().to_string());
+                }
+                if let Ok(mut l) = log2.lock() {
+                    l.push_str(&line);
+                    l.push('\n');
+                }
+            }
+        });
+        let mut server = Server { child, addr: String::new(), log };
+        server.addr = rx.recv_timeout(Duration::from_secs(20)).map_err(|_| "dbox serve did not start")?;
+        Ok(server)
+    }
+}
+
+/// A `dbox serve` process, killed when dropped.
+struct Server {
+    child: Child,
+    addr: String,
+    log: Arc<Mutex<String>>,
+}
+
+impl Server {
+    fn log(&self) -> String {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn token(r: &Run) -> String {
+    r.stdout.lines().last().unwrap_or("").trim().to_string()
+}
+
+fn json(r: &Run) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
+    Ok(serde_json::from_str(&r.stdout)?)
+}
+
+#[test]
+fn peer_ids_and_the_address_book() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let a = Dev::new(tmp.path(), "a")?;
+    let id = a.id()?;
+    assert_eq!(id.len(), 59, "{id}");
+    assert!(id.starts_with("dbx"));
+    assert_eq!(a.id()?, id, "the id is stable");
+    let repo = tmp.path().join("r");
+    a.ok(tmp.path(), &["init", "r"])?;
+
+    // A typo in the id is caught by the check digits.
+    let mut typo = id.clone().into_bytes();
+    typo[20] = if typo[20] == b'a' { b'b' } else { b'a' };
+    let typo = String::from_utf8(typo)?;
+    let r = a.run(&repo, &["peer", "add", "laptop", &typo, "127.0.0.1:7447"])?;
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("check digits"), "{r:?}");
+
+    let other = Dev::new(tmp.path(), "b")?.id()?;
+    let r = a.ok(&repo, &["peer", "add", "laptop", &other, "127.0.0.1:7447"])?;
+    assert!(r.stderr.contains("not a member"), "{r:?}");
+    let r = a.run(&repo, &["peer", "add", "laptop", &other])?;
+    assert!(r.code != 0 && r.stderr.contains("already a peer called"), "{r:?}");
+    for bad in ["has space", "-x", "a/b", ""] {
+        let r = a.run(&repo, &["peer", "add", bad, &other])?;
+        assert_ne!(r.code, 0, "{bad:?} accepted");
+    }
+    for bad in ["nohost", "h:0", "h:99999", ":7447"] {
+        let r = a.run(&repo, &["peer", "add", "x", &other, bad])?;
+        assert!(r.code != 0 && r.stderr.contains("invalid address"), "{bad:?}: {r:?}");
+    }
+    a.ok(&repo, &["peer", "add", "self", &id])?;
+    let list = json(&a.ok(&repo, &["peer", "list", "--json"])?)?;
+    assert_eq!(list[0]["name"], "laptop");
+    assert_eq!(list[0]["peer_id"], other.as_str());
+    assert_eq!(list[0]["addr"], "127.0.0.1:7447");
+    assert_eq!(list[0]["member"], false);
+    assert_eq!(list[1]["member"], true, "the founding device is a member");
+    assert!(list[1]["addr"].is_null());
+
+    // A peer without an address needs PEER@ADDR.
+    let r = a.run(&repo, &["pull", "self"])?;
+    assert!(r.code != 0 && r.stderr.contains("no address known"), "{r:?}");
+    let r = a.run(&repo, &["pull", "nobody"])?;
+    assert!(r.code != 0 && r.stderr.contains("no peer called"), "{r:?}");
+
+    a.ok(&repo, &["peer", "remove", "laptop"])?;
+    let r = a.run(&repo, &["peer", "remove", "laptop"])?;
+    assert_ne!(r.code, 0);
+    let list = json(&a.ok(&repo, &["peer", "list", "--json"])?)?;
+    assert_eq!(list.as_array().map(Vec::len), Some(1));
+    Ok(())
+}
+
+#[test]
+fn invite_clone_push_pull_and_the_working_tree_rules() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let (a, b) = (Dev::new(tmp.path(), "a")?, Dev::new(tmp.path(), "b")?);
+    let ra = tmp.path().join("a");
+    a.ok(tmp.path(), &["init", "a"])?;
+    write(&ra.join("notes/plan.md"), "one\ntwo\n")?;
+    write(&ra.join("photo.raw"), common::bytes(7, 3 << 20))?;
+    a.ok(&ra, &["commit", "-m", "first"])?;
+
+    // Without a server there is nothing to accept the invitation.
+    let r = a.run(&ra, &["invite"])?;
+    assert!(r.code != 0 && r.stderr.contains("dbox serve"), "{r:?}");
+
+    let server = a.serve(&ra)?;
+    let inv = a.ok(&ra, &["invite", "--expires", "10m"])?;
+    assert!(inv.stderr.contains("dbox clone"), "{inv:?}");
+    let tok = token(&inv);
+    assert!(tok.starts_with("dbxinv"), "{tok}");
+    let rb = tmp.path().join("b");
+    let r = b.ok(tmp.path(), &["clone", &tok, "b", "--json"])?;
+    let j = json(&r)?;
+    assert_eq!(j["pulled"]["versions"], 1);
+    assert_eq!(std::fs::read(rb.join("photo.raw"))?, common::bytes(7, 3 << 20));
+    assert_eq!(std::fs::read_to_string(rb.join("notes/plan.md"))?, "one\ntwo\n");
+    assert!(server.log().contains("joined with an invitation"), "{}", server.log());
+    // Both know the other as a member now.
+    let list = json(&b.ok(&rb, &["peer", "list", "--json"])?)?;
+    assert_eq!(list[0]["name"], "origin");
+    assert_eq!(list[0]["member"], true);
+
+    // The server holds no lock: commits work while it runs and are served.
+    write(&ra.join("notes/plan.md"), "one\ntwo\nthree\n")?;
+    a.ok(&ra, &["commit", "-m", "second"])?;
+    let j = json(&b.ok(&rb, &["pull", "origin", "--json"])?)?;
+    assert_eq!(j["pulled"]["versions"], 1);
+    assert!(j["worktree"].as_str().unwrap_or("").starts_with("moved to"), "{j}");
+    assert_eq!(std::fs::read_to_string(rb.join("notes/plan.md"))?, "one\ntwo\nthree\n");
+    // The photo did not travel again.
+    assert!(j["pulled"]["bytes"].as_u64().unwrap_or(u64::MAX) < 100_000, "{j}");
+
+    // Nothing new: quick, and nothing moves.
+    let t = Instant::now();
+    let j = json(&b.ok(&rb, &["sync", "origin", "--json"])?)?;
+    assert_eq!(j["pulled"]["versions"], 0);
+    assert_eq!(j["pushed"]["versions"], 0);
+    assert!(t.elapsed() < Duration::from_secs(5));
+
+    // A dirty tree is never touched by a pull.
+    write(&rb.join("notes/plan.md"), "my unsaved edit\n")?;
+    write(&ra.join("other.txt"), "new on a\n")?;
+    a.ok(&ra, &["commit", "-m", "third"])?;
+    let r = b.ok(&rb, &["pull", "origin"])?;
+    assert!(r.stdout.contains("left alone"), "{r:?}");
+    assert_eq!(std::fs::read_to_string(rb.join("notes/plan.md"))?, "my unsaved edit\n");
+    assert!(!rb.join("other.txt").exists());
+
+    // Push: b's commit reaches a, whose clean tree moves forward.
+    b.ok(&rb, &["checkout", "HEAD"]).ok();
+    let r = b.ok(&rb, &["commit", "-m", "edit on b"])?;
+    let v = r.stdout.trim().to_string();
+    let j = json(&b.ok(&rb, &["push", "origin", "--json"])?)?;
+    assert_eq!(j["pushed"]["versions"], 1, "{j}");
+    let log = a.ok(&ra, &["log"])?.stdout;
+    assert!(log.contains(&v[..12]), "{log}");
+    b.ok(&rb, &["fsck", "--read-data"])?;
+    a.ok(&ra, &["fsck", "--read-data"])?;
+    drop(server);
+    Ok(())
+}
+
+#[test]
+fn a_wrong_peer_id_or_a_dead_address_fails_clearly() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let (a, b) = (Dev::new(tmp.path(), "a")?, Dev::new(tmp.path(), "b")?);
+    let ra = tmp.path().join("a");
+    a.ok(tmp.path(), &["init", "a"])?;
+    let server = a.serve(&ra)?;
+    let rb = tmp.path().join("b");
+    b.ok(tmp.path(), &["init", "b"])?;
+    // b pins its own id, but a answers at that address.
+    let target = format!("{}@{}", b.id()?, server.addr);
+    let r = b.run(&rb, &["pull", &target])?;
+    assert!(r.code == 1 && r.stderr.contains("the device there is"), "{r:?}");
+    // The right id, but b is not a member (and another repository).
+    let target = format!("{}@{}", a.id()?, server.addr);
+    let r = b.run(&rb, &["pull", &target])?;
+    assert!(r.code == 1 && r.stderr.contains("refused"), "{r:?}");
+    drop(server);
+    // Nobody listening: a timeout with a hint, not a hang.
+    let t = Instant::now();
+    let r = b.run(&rb, &["pull", &target])?;
+    assert!(r.code == 1 && r.stderr.contains("cannot connect"), "{r:?}");
+    assert!(t.elapsed() < Duration::from_secs(30));
+    Ok(())
+}
+
+/// Two repositories sharing a graph of 100,000 versions that differ by a
+/// few: the sync exchanges a few KiB, not the graph.
+#[test]
+fn negotiation_stays_small_on_a_large_graph() -> TestResult {
+    use dbox::identity::Device;
+    use dbox::members::Members;
+    use dbox::net::ops::{self, Direction};
+    use dbox::net::session::Progress;
+    use dbox::peers::Target;
+    use dbox::store::{SignedVersion, Tree, VersionBody, VersionId, VersionInfo};
+    use dbox::Repo;
+
+    const N: usize = 100_000;
+    let tmp = tempfile::tempdir()?;
+    let device = Arc::new(Device::load_or_create(&tmp.path().join("home"))?);
+    let ra = tmp.path().join("a");
+    let repo = Repo::init(&ra)?;
+    Members::load_or_found(&repo, &device)?;
+    let extend = |repo: &Repo, from: Option<VersionId>, n: usize, seq0: u64| -> Result<VersionId, Box<dyn std::error::Error>> {
+        let w = repo.store().writer()?;
+        let root = w.put_tree(&Tree::new(Vec::new())?)?;
+        let mut prev = from;
+        let mut batch = Vec::new();
+        for i in 0..n {
+            let info = VersionInfo::new(format!("v{i}"), 1_700_000_000_000 + i as i64, "bench");
+            let body = VersionBody {
+                repo: repo.store().repo_id(),
+                parents: prev.into_iter().collect(),
+                root,
+                author: device.peer_id(),
+                seq: seq0 + i as u64,
+                sealed_info: info.seal(repo.store().keys(), &repo.store().repo_id())?,
+            };
+            let v = SignedVersion::sign(body, device.signing_key())?;
+            w.put_version(&v)?;
+            prev = Some(v.id());
+            batch.push((v, info));
+        }
+        w.flush()?;
+        repo.record_versions(&batch)?;
+        Ok(prev.ok_or("no versions")?)
+    };
+    let tip = extend(&repo, None, N, 1)?;
+    repo.set_head(&tip)?;
+    // b is a copy of a; then a moves 10 ahead.
+    let rb = tmp.path().join("b");
+    copy_dir(&ra, &rb)?;
+    let tip_a = extend(&repo, Some(tip), 10, N as u64 + 1)?;
+    let repo_b = Repo::open(&rb)?;
+
+    let rt = ops::runtime()?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let quiet: dbox::net::session::Log = Arc::new(|_| {});
+    let server = {
+        let (dev, ra, quiet) = (device.clone(), ra.clone(), quiet.clone());
+        rt.spawn(async move {
+            ops::serve(&ra, dev, "127.0.0.1:0".parse().map_err(|e| format!("{e}"))?, quiet, Some(tx), async {
+                let _ = stop_rx.await;
+            })
+            .await
+            .map_err(|e| e.to_string())
+        })
+    };
+    let addr = rt.block_on(rx)?;
+    let target = Target { id: device.peer_id(), addr: addr.to_string(), name: None };
+    let pull = rt.block_on(ops::sync(
+        repo_b.clone(),
+        device.clone(),
+        &target,
+        Direction::Pull,
+        Arc::new(Progress::default()),
+        quiet.clone(),
+    ))?;
+    assert_eq!(pull.pulled.versions, 10);
+    assert!(repo_b.graph()?.contains(&tip_a));
+    let wire = pull.sent + pull.received;
+    assert!(wire <= 100 * 1024, "pull of 10 versions moved {wire} bytes");
+    eprintln!("100,000 versions, 10 new: {wire} bytes on the wire (objects {} bytes)", pull.pulled.bytes);
+
+    // Both sides move: 5 on b, 5 more on a; one sync takes both ways.
+    extend(&repo_b, Some(tip_a), 5, N as u64 + 11)?;
+    extend(&repo, Some(tip_a), 5, N as u64 + 21)?;
+    let both = rt.block_on(ops::sync(
+        repo_b.clone(),
+        device.clone(),
+        &target,
+        Direction::Both,
+        Arc::new(Progress::default()),
+        quiet,
+    ))?;
+    assert_eq!((both.pulled.versions, both.pushed.versions), (5, 5));
+    let wire = both.sent + both.received;
+    assert!(wire <= 100 * 1024, "sync of 5+5 versions moved {wire} bytes");
+    eprintln!("100,000 versions, 5+5 new both ways: {wire} bytes on the wire");
+    assert_eq!(repo.graph()?.heads().len(), 2);
+    assert_eq!(repo_b.graph()?.heads().len(), 2);
+    let _ = stop_tx.send(());
+    rt.block_on(server)??;
+    Ok(())
+}
+
+fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        let t = to.join(e.file_name());
+        if e.file_type()?.is_dir() {
+            copy_dir(&e.path(), &t)?;
+        } else if e.file_type()?.is_file() && e.file_name() != "serve.lock" {
+            std::fs::copy(e.path(), &t)?;
+        }
+    }
+    Ok(())
+}
