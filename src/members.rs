@@ -318,7 +318,7 @@ mod tests {
         let a = key(1);
         let mut m = Members::default();
         let g = Record::sign(repo, PeerId(a.verifying_key().to_bytes()), &a, 1);
-        m.merge(&repo, &[g.bytes.clone()], true);
+        m.merge(&repo, std::slice::from_ref(&g.bytes), true);
         let stranger = key(9);
         let self_signed = Record::sign(repo, PeerId(stranger.verifying_key().to_bytes()), &stranger, 1);
         let other_repo = Record::sign(RepoId([8; 32]), PeerId([5; 32]), &a, 1);
