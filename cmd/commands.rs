@@ -14,6 +14,7 @@ pub mod invite;
 pub mod log;
 pub mod ls;
 pub mod manpages;
+pub mod merge;
 pub mod peer;
 pub mod restore;
 pub mod serve;

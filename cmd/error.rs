@@ -60,6 +60,12 @@ impl CommandError {
                         Some("`dbox log` lists the versions".into())
                     }
                     RepoError::NoVersion => Some("make one with `dbox commit`".into()),
+                    RepoError::UncommittedChanges { .. } => {
+                        Some("commit them first (`dbox commit`), then merge".into())
+                    }
+                    RepoError::SeveralHeads { .. } => {
+                        Some("`dbox log --graph` shows them; run `dbox merge VERSION`".into())
+                    }
                     RepoError::Store(StoreError::Locked { .. }) => {
                         Some("wait for the other dbox command to finish, then try again".into())
                     }

@@ -105,12 +105,40 @@ pub enum RepoError {
         #[source]
         source: dbox_store::DecodeError,
     },
+    /// `merge` without a version when HEAD is the only head.
+    #[error("nothing to merge: HEAD {head} is the only head")]
+    NothingToMerge {
+        /// HEAD's short id.
+        head: String,
+    },
+    /// `merge` without a version when there are several other heads.
+    #[error("{} other heads: {}; name the one to merge", heads.len(), heads.join(", "))]
+    SeveralHeads {
+        /// Short ids of the other heads, newest first.
+        heads: Vec<String>,
+    },
+    /// The operation needs a working tree without uncommitted changes.
+    #[error("the working tree has {} uncommitted change(s): {}", paths.len(), list_some(paths))]
+    UncommittedChanges {
+        /// The changed paths.
+        paths: Vec<String>,
+    },
     /// Invalid arguments.
     #[error("{0}")]
     Usage(String),
     /// Talking to a peer failed.
     #[error(transparent)]
     Net(#[from] crate::net::NetError),
+}
+
+/// Up to ten items joined by commas, then how many more there are.
+fn list_some(items: &[String]) -> String {
+    const SHOWN: usize = 10;
+    let mut text = items.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", ");
+    if items.len() > SHOWN {
+        text.push_str(&format!(" and {} more", items.len() - SHOWN));
+    }
+    text
 }
 
 impl RepoError {

@@ -96,6 +96,41 @@ impl Graph {
         false
     }
 
+    /// `id` and every version it descends from (those in the graph).
+    pub fn ancestors(&self, id: &VersionId) -> HashSet<VersionId> {
+        let mut seen = HashSet::new();
+        let mut stack = vec![*id];
+        while let Some(v) = stack.pop() {
+            if let Some(n) = self.nodes.get(&v) {
+                if seen.insert(v) {
+                    stack.extend(n.parents.iter().copied());
+                }
+            }
+        }
+        seen
+    }
+
+    /// The best common ancestor of `a` and `b`: a common ancestor that no
+    /// other common ancestor descends from (a lowest common ancestor). When
+    /// there are several (criss-cross merges), the newest is chosen, then
+    /// the greatest id, so every device picks the same one. `None` when the
+    /// two share no history.
+    pub fn merge_base(&self, a: &VersionId, b: &VersionId) -> Option<VersionId> {
+        let of_a = self.ancestors(a);
+        let common: HashSet<VersionId> = self.ancestors(b).into_iter().filter(|v| of_a.contains(v)).collect();
+        // The ancestors of a common ancestor are common ancestors too, so a
+        // common ancestor is below another exactly when it is the parent of
+        // one.
+        let below: HashSet<VersionId> =
+            common.iter().filter_map(|v| self.nodes.get(v)).flat_map(|n| n.parents.iter().copied()).collect();
+        common
+            .iter()
+            .filter(|v| !below.contains(v))
+            .filter_map(|v| self.nodes.get(v))
+            .max_by(|x, y| x.time_ms.cmp(&y.time_ms).then(x.id.cmp(&y.id)))
+            .map(|n| n.id)
+    }
+
     /// The version `n` first-parent steps before `id`.
     pub fn nth_first_parent(&self, id: VersionId, n: usize) -> Option<VersionId> {
         // A damaged log could hold a cycle: no real walk is longer than the
@@ -342,6 +377,27 @@ mod tests {
         }
         assert_eq!(g.heads(), vec![v(3), v(2)]);
         assert_eq!(draw(&g), "* v3\n| * v2\n|/\n* v1");
+    }
+
+    #[test]
+    fn merge_bases() {
+        // 1 <- 2 <- 4 <- 6; 1 <- 3 <- 5; 5 and 4 merge into 7.
+        let mut g = Graph::default();
+        for (n, p) in [(1, vec![]), (2, vec![1]), (3, vec![1]), (4, vec![2]), (5, vec![3]), (6, vec![4])] {
+            g.insert(node(n, &p));
+        }
+        assert_eq!(g.merge_base(&v(6), &v(5)), Some(v(1)));
+        assert_eq!(g.merge_base(&v(6), &v(2)), Some(v(2)), "an ancestor is its own merge base");
+        assert_eq!(g.merge_base(&v(4), &v(4)), Some(v(4)));
+        g.insert(node(7, &[5, 4]));
+        assert_eq!(g.merge_base(&v(6), &v(7)), Some(v(4)), "after a merge the base moves up");
+        // Criss-cross: 8 = merge(6, 5) and 9 = merge(5, 6) have two lowest
+        // common ancestors (5 and 6); the newer is chosen.
+        g.insert(node(8, &[6, 5]));
+        g.insert(node(9, &[5, 6]));
+        assert_eq!(g.merge_base(&v(8), &v(9)), Some(v(6)));
+        g.insert(node(10, &[]));
+        assert_eq!(g.merge_base(&v(10), &v(9)), None, "unrelated histories");
     }
 
     #[test]

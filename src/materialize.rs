@@ -317,7 +317,18 @@ pub fn restore(repo: &Repo, version: &VersionId, opts: &RestoreOptions) -> Resul
 /// Moves HEAD and the working tree to `version`.
 pub fn checkout(repo: &Repo, version: &VersionId, force: bool) -> Result<Outcome> {
     // Hold the writer lock so no commit runs while the tree changes.
-    let _w = repo.store().writer_wait(LOCK_WAIT)?;
+    let w = repo.store().writer_wait(LOCK_WAIT)?;
+    checkout_locked(repo, &w, version, force)
+}
+
+/// [`checkout`] for a caller that already holds the store's writer lock
+/// (`_w` is the proof), such as a merge that has just stored `version`.
+pub(crate) fn checkout_locked(
+    repo: &Repo,
+    _w: &dbox_store::Writer,
+    version: &VersionId,
+    force: bool,
+) -> Result<Outcome> {
     // With --force a damaged HEAD is no obstacle: checkout rewrites it.
     let head = match repo.head() {
         Ok(h) => h,

@@ -372,11 +372,16 @@ fn parent_and_name(path: &[u8]) -> (&[u8], &[u8]) {
     }
 }
 
-/// Builds and stores the trees for `entries`; returns the root tree id.
-fn build_trees(w: &Writer, entries: &BTreeMap<Vec<u8>, (Content, Option<Stat>)>) -> Result<ObjectId> {
+/// Builds and stores the trees for `entries` (path, content, file mtime);
+/// returns the root tree id. Every folder holding an entry must be an entry
+/// itself, as in a flattened version.
+pub(crate) fn build_trees<'a>(
+    w: &Writer,
+    entries: impl IntoIterator<Item = (&'a Vec<u8>, &'a Content, Option<i64>)>,
+) -> Result<ObjectId> {
     let mut dirs: HashMap<Vec<u8>, Vec<TreeEntry>> = HashMap::new();
     let mut dir_paths: Vec<&Vec<u8>> = Vec::new();
-    for (path, (content, stat)) in entries {
+    for (path, content, mtime) in entries {
         let (parent, name) = parent_and_name(path);
         let node = match content {
             Content::Dir => {
@@ -389,7 +394,7 @@ fn build_trees(w: &Writer, entries: &BTreeMap<Vec<u8>, (Content, Option<Stat>)>)
             Content::Symlink(t) => Node::Symlink { target: t.clone() },
         };
         let mtime_ns = match content {
-            Content::File { .. } => stat.map(|s| s.mtime_ns),
+            Content::File { .. } => mtime,
             _ => None,
         };
         let name = Name::new(name.to_vec())
@@ -506,17 +511,38 @@ pub fn commit(repo: &Repo, device: &Device, opts: &CommitOptions) -> Result<Comm
         return Ok(CommitOutcome { parent: head, files_read, bytes_read, warnings, ..Default::default() });
     }
 
-    let root = build_trees(&w, &entries)?;
+    let root = build_trees(&w, entries.iter().map(|(p, (c, s))| (p, c, s.map(|s| s.mtime_ns))))?;
     let message = opts.message.clone().unwrap_or_else(|| summarize(&changes));
+    let id = write_version(repo, &w, device, head.into_iter().collect(), root, &message)?;
+    repo.set_head(&id)?;
+    new_cache.head = Some(id);
+    // The version is committed: a cache that cannot be saved costs speed.
+    if let Err(e) = new_cache.save(&cache_path) {
+        warnings.push(format!("could not save the stat cache (only a speed-up): {e}"));
+    }
+    Ok(CommitOutcome { version: Some(id), parent: head, message, changes, files_read, bytes_read, warnings })
+}
+
+/// Signs a version of the tree `root` with `parents`, stores it, flushes the
+/// store and appends it to the versions log. HEAD does not move. The caller
+/// holds the writer `w`, which has stored everything `root` reaches.
+pub(crate) fn write_version(
+    repo: &Repo,
+    w: &Writer,
+    device: &Device,
+    parents: Vec<VersionId>,
+    root: ObjectId,
+    message: &str,
+) -> Result<VersionId> {
     let records = repo.records()?;
     let me = device.peer_id();
     let seq = records.iter().filter(|r| r.author == me).map(|r| r.seq).max().unwrap_or(0) + 1;
     let time_ms = now_ns() / 1_000_000;
-    let info = VersionInfo::new(message.clone(), time_ms, host_name());
+    let info = VersionInfo::new(message.to_string(), time_ms, host_name());
     let repo_id = repo.store().repo_id();
     let body = VersionBody {
         repo: repo_id,
-        parents: head.into_iter().collect(),
+        parents,
         root,
         author: me,
         seq,
@@ -526,13 +552,7 @@ pub fn commit(repo: &Repo, device: &Device, opts: &CommitOptions) -> Result<Comm
     let id = w.put_version(&version)?;
     w.flush()?;
     repo.record_versions(&[(version, info)])?;
-    repo.set_head(&id)?;
-    new_cache.head = Some(id);
-    // The version is committed: a cache that cannot be saved costs speed.
-    if let Err(e) = new_cache.save(&cache_path) {
-        warnings.push(format!("could not save the stat cache (only a speed-up): {e}"));
-    }
-    Ok(CommitOutcome { version: Some(id), parent: head, message, changes, files_read, bytes_read, warnings })
+    Ok(id)
 }
 
 /// The node at `path` below the tree `root` (the empty path is the root

@@ -283,7 +283,11 @@ fn negotiation_stays_small_on_a_large_graph() -> TestResult {
     let ra = tmp.path().join("a");
     let repo = Repo::init(&ra)?;
     Members::load_or_found(&repo, &device)?;
-    let extend = |repo: &Repo, from: Option<VersionId>, n: usize, seq0: u64| -> Result<VersionId, Box<dyn std::error::Error>> {
+    let extend = |repo: &Repo,
+                  from: Option<VersionId>,
+                  n: usize,
+                  seq0: u64|
+     -> Result<VersionId, Box<dyn std::error::Error>> {
         let w = repo.store().writer()?;
         let root = w.put_tree(&Tree::new(Vec::new())?)?;
         let mut prev = from;
