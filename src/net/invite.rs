@@ -29,6 +29,8 @@ const MAX_ADDRS: usize = 16;
 const MAX_FILE: usize = 1 << 20;
 /// Most invitations kept (used and expired ones are dropped first).
 const MAX_INVITES: usize = 1000;
+/// How long a spent or expired invitation is remembered.
+const KEEP_SPENT_MS: i64 = 30 * 86_400_000;
 
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -158,8 +160,16 @@ pub fn create(repo: &Repo, inviter: PeerId, addrs: Vec<String>, valid_ms: i64) -
     dbox_store::crypto::fill_random(&mut secret)?;
     let now = now_ms();
     let mut list = load(repo)?;
-    list.retain(|p| !p.used && p.exp > now);
-    if list.len() >= MAX_INVITES {
+    // Spent and expired invitations stay a while, so that a second use is
+    // told what happened rather than "unknown".
+    list.retain(|p| p.exp > now - KEEP_SPENT_MS);
+    while list.len() > 4 * MAX_INVITES {
+        match list.iter().position(|p| p.used || p.exp <= now) {
+            Some(i) => drop(list.remove(i)),
+            None => break,
+        }
+    }
+    if list.iter().filter(|p| !p.used && p.exp > now).count() >= MAX_INVITES {
         return Err(RepoError::Usage(format!("{MAX_INVITES} invitations are open; wait for some to expire")));
     }
     let token = Token {

@@ -82,7 +82,7 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long to wait for any one message.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// A connection with no traffic for this long is dropped.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Errors of the network layer.
 #[derive(Debug, thiserror::Error)]

@@ -129,9 +129,12 @@ fn connect_error(
     addr: &str,
     expected: &PeerId,
     seen: &Mutex<Option<PeerId>>,
-    e: impl std::fmt::Display,
+    e: quinn::ConnectionError,
 ) -> NetError {
     let text = e.to_string();
+    // TLS alert 120, no_application_protocol: the ALPN ids (protocol versions) differ.
+    let alpn_mismatch = matches!(&e, quinn::ConnectionError::ConnectionClosed(c)
+        if c.error_code == quinn::TransportErrorCode::crypto(120));
     let seen = seen.lock().ok().and_then(|s| *s);
     let reason = match seen {
         Some(s) if &s != expected => format!(
@@ -139,10 +142,7 @@ fn connect_error(
             format_peer_id(&s),
             format_peer_id(expected)
         ),
-        _ if text.contains("no_application_protocol")
-            || text.contains("NoApplicationProtocol")
-            || text.contains("0x178") =>
-        {
+        _ if alpn_mismatch => {
             "the peer speaks another dbox protocol version (dbox/1 here); update the older side".into()
         }
         _ => text,
@@ -582,7 +582,9 @@ async fn handle(inc: quinn::Incoming, ctx: &ServeCtx) -> Result<()> {
         .await
         .into());
     }
-    if hello.repo.as_slice() != repo.store().repo_id().as_bytes() {
+    // A stranger learns nothing about which repository is served here.
+    let right_repo = hello.repo.as_slice() == repo.store().repo_id().as_bytes();
+    if !right_repo && (hello.join.is_some() || members.contains(&peer)) {
         return Err(refuse(&conn, &mut send, "this peer does not serve that repository".into()).await.into());
     }
     let mut key = None;

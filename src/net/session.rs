@@ -17,6 +17,7 @@ use crate::error::{RepoError, Result};
 use crate::graph::Graph;
 use crate::members::Members;
 use crate::repo::{Repo, LOCK_WAIT};
+use dbox_store::limits::{MAX_CHUNK_SIZE, MAX_TREE_SIZE, MAX_VERSION_SIZE};
 use dbox_store::{
     object, Node, ObjectId, ObjectKind, PeerId, SignedVersion, Tree, VersionId, VersionInfo, Writer,
 };
@@ -33,6 +34,10 @@ const STORE_QUEUE: usize = 16;
 const FIRST_WALK: u32 = 64;
 /// Most versions one pull takes.
 const MAX_PULL_VERSIONS: usize = 10_000_000;
+/// Most bytes of versions one pull holds in memory.
+const MAX_PULL_VERSION_BYTES: usize = 512 << 20;
+/// Where received objects go to be stored.
+type Sink = tokio::sync::mpsc::Sender<(ObjectId, Vec<u8>)>;
 /// Trees remembered as complete from the versions a pull builds on.
 const MAX_KNOWN_TREES: usize = 1_000_000;
 
@@ -190,13 +195,22 @@ impl Session {
         }
     }
 
-    /// Fetches objects; `f` gets each (checked against its id). Objects
-    /// the peer lacks are an error.
-    async fn get(&self, ids: &[ObjectId], mut f: impl FnMut(ObjectId, Vec<u8>) -> Result<()>) -> Result<()> {
+    /// Fetches objects of at most `max_len` bytes each. `check` sees each
+    /// one (already checked against its id) and may refuse it; then it goes
+    /// to `sink` (the storing thread) if there is one. Nothing is held
+    /// beyond one object per request: memory stays bounded whatever the
+    /// peer sends. Objects the peer lacks are an error.
+    async fn get(
+        &self,
+        ids: &[ObjectId],
+        max_len: usize,
+        mut check: impl FnMut(&ObjectId, &[u8]) -> Result<()>,
+        sink: Option<&Sink>,
+    ) -> Result<()> {
         let req = Request::Get { ids: ids_to_wire(ids.iter().map(|i| i.0)) };
         let (_send, mut recv) = self.request(&req).await?;
         for want in ids {
-            let (id, bytes) = read_object(&mut recv).await?;
+            let (id, bytes) = read_object(&mut recv, max_len).await?;
             if &id != want {
                 return Err(NetError::Protocol(format!(
                     "object {} sent where {} was asked",
@@ -214,7 +228,12 @@ impl Session {
             };
             object::check_id(&id, &bytes)
                 .map_err(|_| NetError::Protocol(format!("object {} does not match its id", id.short())))?;
-            f(id, bytes)?;
+            check(&id, &bytes)?;
+            if let Some(tx) = sink {
+                tx.send((id, bytes))
+                    .await
+                    .map_err(|_| RepoError::Usage("the storing thread stopped".into()))?;
+            }
         }
         Ok(())
     }
@@ -411,28 +430,38 @@ impl Session {
         let repo_id = self.repo.store().repo_id();
         let ids: Vec<ObjectId> = lacking.keys().map(|v| ObjectId::from(*v)).collect();
         let mut versions: HashMap<VersionId, (SignedVersion, VersionInfo)> = HashMap::new();
+        let mut held = 0usize;
         for batch in ids.chunks(MAX_GET) {
-            self.get(batch, |id, bytes| {
-                let bad = |why: String| {
-                    RepoError::from(NetError::Protocol(format!("version {}: {why}", id.short())))
-                };
-                if ObjectKind::of_stored(&bytes).ok() != Some(ObjectKind::Version) {
-                    return Err(bad("not a version".into()));
-                }
-                let v = SignedVersion::from_stored(&bytes).map_err(|e| bad(e.to_string()))?;
-                if v.body().repo != repo_id {
-                    return Err(bad("it belongs to another repository".into()));
-                }
-                if !members.contains(&v.body().author) {
-                    return Err(bad(format!(
-                        "signed by {}, who is not a member",
-                        crate::identity::format_peer_id(&v.body().author)
-                    )));
-                }
-                let info = v.info(&keys).map_err(|e| bad(e.to_string()))?;
-                versions.insert(VersionId::from(id), (v, info));
-                Ok(())
-            })
+            self.get(
+                batch,
+                MAX_VERSION_SIZE,
+                |id, bytes| {
+                    let bad = |why: String| {
+                        RepoError::from(NetError::Protocol(format!("version {}: {why}", id.short())))
+                    };
+                    if ObjectKind::of_stored(bytes).ok() != Some(ObjectKind::Version) {
+                        return Err(bad("not a version".into()));
+                    }
+                    held += bytes.len();
+                    if held > MAX_PULL_VERSION_BYTES {
+                        return Err(bad("the versions of one pull are over the size limit".into()));
+                    }
+                    let v = SignedVersion::from_stored(bytes).map_err(|e| bad(e.to_string()))?;
+                    if v.body().repo != repo_id {
+                        return Err(bad("it belongs to another repository".into()));
+                    }
+                    if !members.contains(&v.body().author) {
+                        return Err(bad(format!(
+                            "signed by {}, who is not a member",
+                            crate::identity::format_peer_id(&v.body().author)
+                        )));
+                    }
+                    let info = v.info(&keys).map_err(|e| bad(e.to_string()))?;
+                    versions.insert(VersionId::from(*id), (v, info));
+                    Ok(())
+                },
+                None,
+            )
             .await?;
         }
         for (id, (v, _)) in &versions {
@@ -494,7 +523,7 @@ impl Session {
         versions: &HashMap<VersionId, (SignedVersion, VersionInfo)>,
         local: &Graph,
         writer: &Arc<Writer>,
-        tx: &tokio::sync::mpsc::Sender<(ObjectId, Vec<u8>)>,
+        tx: &Sink,
     ) -> Result<()> {
         // Trees of the local versions this pull builds on are complete.
         let boundary: Vec<VersionId> = versions
@@ -520,7 +549,7 @@ impl Session {
             // Trees we hold are read locally; the others are fetched.
             let w = writer.clone();
             let ids = level.clone();
-            let (mut trees, remote) = blocking(move || {
+            let (trees, remote) = blocking(move || {
                 let mut have = Vec::new();
                 let mut remote = Vec::new();
                 for id in ids {
@@ -532,29 +561,8 @@ impl Session {
                 Ok((have, remote))
             })
             .await?;
-            for batch in remote.chunks(MAX_GET) {
-                let mut got = Vec::new();
-                self.get(batch, |id, bytes| {
-                    got.push((id, bytes));
-                    Ok(())
-                })
-                .await?;
-                for (id, bytes) in got {
-                    if ObjectKind::of_stored(&bytes).ok() != Some(ObjectKind::Tree) {
-                        return Err(NetError::Protocol(format!("object {} is not a tree", id.short())).into());
-                    }
-                    self.progress.objects_needed.fetch_add(1, Ordering::Relaxed);
-                    trees.push((id, bytes.clone()));
-                    tx.send((id, bytes))
-                        .await
-                        .map_err(|_| RepoError::Usage("the storing thread stopped".into()))?;
-                }
-            }
             let mut next = Vec::new();
-            for (id, bytes) in trees {
-                let tree = object::open(&keys, ObjectKind::Tree, &bytes)
-                    .and_then(|p| Tree::decode(&p))
-                    .map_err(|e| NetError::Protocol(format!("tree {} is invalid: {e}", id.short())))?;
+            let mut visit = |id: &ObjectId, tree: &Tree| {
                 for e in tree.entries() {
                     match &e.node {
                         Node::Dir { tree } => {
@@ -572,6 +580,31 @@ impl Session {
                         Node::Symlink { .. } => {}
                     }
                 }
+                let _ = id;
+            };
+            for batch in remote.chunks(MAX_GET) {
+                let progress = self.progress.clone();
+                self.get(
+                    batch,
+                    MAX_TREE_SIZE + 1024,
+                    |id, bytes| {
+                        if ObjectKind::of_stored(bytes).ok() != Some(ObjectKind::Tree) {
+                            return Err(
+                                NetError::Protocol(format!("object {} is not a tree", id.short())).into()
+                            );
+                        }
+                        let tree = decode_tree(&keys, id, bytes)?;
+                        progress.objects_needed.fetch_add(1, Ordering::Relaxed);
+                        visit(id, &tree);
+                        Ok(())
+                    },
+                    Some(tx),
+                )
+                .await?;
+            }
+            for (id, bytes) in trees {
+                let tree = decode_tree(&keys, &id, &bytes)?;
+                visit(&id, &tree);
             }
             level = next;
         }
@@ -600,27 +633,22 @@ impl Session {
             tasks.spawn(async move {
                 loop {
                     let Some(batch) = q.lock().ok().and_then(|mut q| q.pop_front()) else { return Ok(()) };
-                    let mut buf = Vec::new();
-                    let r = s
-                        .get(&batch, |id, bytes| {
-                            if ObjectKind::of_stored(&bytes).ok() != Some(ObjectKind::Chunk) {
+                    s.get(
+                        &batch,
+                        MAX_CHUNK_SIZE + 1024,
+                        |id, bytes| {
+                            if ObjectKind::of_stored(bytes).ok() != Some(ObjectKind::Chunk) {
                                 return Err(NetError::Protocol(format!(
                                     "object {} is not a chunk",
                                     id.short()
                                 ))
                                 .into());
                             }
-                            buf.push((id, bytes));
                             Ok(())
-                        })
-                        .await;
-                    // Keep what arrived even if the rest did not.
-                    for item in buf.drain(..) {
-                        tx.send(item)
-                            .await
-                            .map_err(|_| RepoError::Usage("the storing thread stopped".into()))?;
-                    }
-                    r?;
+                        },
+                        Some(&tx),
+                    )
+                    .await?;
                 }
             });
         }
@@ -640,6 +668,12 @@ impl Session {
             None => Ok(()),
         }
     }
+}
+
+fn decode_tree(keys: &dbox_store::Keys, id: &ObjectId, bytes: &[u8]) -> Result<Tree> {
+    object::open(keys, ObjectKind::Tree, bytes)
+        .and_then(|p| Tree::decode(&p))
+        .map_err(|e| NetError::Protocol(format!("tree {} is invalid: {e}", id.short())).into())
 }
 
 /// Reads a response with no time limit of its own (the caller watches).

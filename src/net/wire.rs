@@ -171,8 +171,12 @@ pub async fn write_object(
 }
 
 /// Reads one object frame: the id and the bytes if the sender had it.
-/// The bytes are not yet checked against the id.
-pub async fn read_object(r: &mut quinn::RecvStream) -> Result<(ObjectId, Option<Vec<u8>>), NetError> {
+/// The bytes are not yet checked against the id; `max_len` bounds them.
+pub async fn read_object(
+    r: &mut quinn::RecvStream,
+    max_len: usize,
+) -> Result<(ObjectId, Option<Vec<u8>>), NetError> {
+    let max_len = max_len.min(MAX_OBJECT_SIZE);
     timed("an object", REQUEST_TIMEOUT, async {
         let mut head = [0u8; 37];
         r.read_exact(&mut head).await?;
@@ -181,7 +185,7 @@ pub async fn read_object(r: &mut quinn::RecvStream) -> Result<(ObjectId, Option<
         let len = u32::from_be_bytes([head[33], head[34], head[35], head[36]]) as usize;
         match head[0] {
             0 if len == 0 => Ok((ObjectId(id), None)),
-            1 if len <= MAX_OBJECT_SIZE => {
+            1 if len <= max_len => {
                 let mut b = vec![0u8; len];
                 r.read_exact(&mut b).await?;
                 Ok((ObjectId(id), Some(b)))

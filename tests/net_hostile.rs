@@ -1,0 +1,921 @@
+//! Hostile and unlucky networks against a real `dbox serve` process:
+//! strangers, spent and expired invitations, hand-built QUIC clients that
+//! send garbage, huge length prefixes, another protocol version, forged
+//! versions and objects that do not match their ids; a server killed in the
+//! middle of a large transfer; three peers in a chain; concurrent commits.
+//!
+//! Every server is a child process killed when its guard drops; every wait
+//! is bounded.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{write, Run, TestResult};
+use dbox::identity::{parse_peer_id, Device};
+use dbox::members::Record;
+use dbox::net::tls::{self, Identity};
+use dbox::net::wire::{
+    id_from_wire, ids_to_wire, read_msg, write_msg, write_object, Hello, Request, Response, Welcome,
+};
+use dbox::net::{NetError, PROTOCOL};
+use dbox::store::{ObjectId, PeerId, RepoId, SignedVersion, VersionBody, VersionInfo};
+use dbox::Repo;
+use serde_bytes::ByteBuf;
+
+type R<T> = Result<T, Box<dyn std::error::Error>>;
+
+/// How long any one network step of a raw client may take.
+const STEP: Duration = Duration::from_secs(20);
+
+// ---- Devices and servers ---------------------------------------------------
+
+/// One simulated device: its own DBOX_HOME.
+struct Dev {
+    home: PathBuf,
+}
+
+impl Dev {
+    fn new(root: &Path, name: &str) -> std::io::Result<Self> {
+        let home = root.join(format!("home-{name}"));
+        std::fs::create_dir_all(&home)?;
+        Ok(Self { home })
+    }
+
+    fn command(&self, dir: &Path, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_dbox"));
+        c.args(args)
+            .current_dir(dir)
+            .env_clear()
+            .env("DBOX_HOME", &self.home)
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("TZ", "UTC");
+        c
+    }
+
+    fn run(&self, dir: &Path, args: &[&str]) -> std::io::Result<Run> {
+        let out = self.command(dir, args).stdin(Stdio::null()).output()?;
+        Ok(Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        })
+    }
+
+    fn ok(&self, dir: &Path, args: &[&str]) -> R<Run> {
+        let r = self.run(dir, args)?;
+        if r.code != 0 {
+            return Err(format!("dbox {args:?} failed: {r:?}").into());
+        }
+        Ok(r)
+    }
+
+    fn id(&self) -> R<String> {
+        Ok(self.ok(&self.home, &["id"])?.stdout.trim().to_string())
+    }
+
+    fn peer_id(&self) -> R<PeerId> {
+        Ok(parse_peer_id(&self.id()?)?)
+    }
+
+    fn device(&self) -> R<Device> {
+        Ok(Device::load_or_create(&self.home)?)
+    }
+
+    /// Starts `dbox serve` in `repo` on a free loopback port.
+    fn serve(&self, repo: &Path) -> R<Server> {
+        self.serve_on(repo, "127.0.0.1:0")
+    }
+
+    /// Starts `dbox serve --listen LISTEN` in `repo`.
+    fn serve_on(&self, repo: &Path, listen: &str) -> R<Server> {
+        let mut child = self
+            .command(repo, &["serve", "--listen", listen])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let stderr = child.stderr.take().ok_or("no stderr")?;
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(i) = line.find(" on 127.0.0.1:") {
+                    let _ = tx.send(line[i + 4..].split(',').next().unwrap_or("").trim().to_string());
+                }
+                if let Ok(mut l) = log2.lock() {
+                    l.push_str(&line);
+                    l.push('\n');
+                }
+            }
+        });
+        let mut server = Server { child, addr: String::new(), log };
+        match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(a) => server.addr = a,
+            Err(_) => return Err(format!("dbox serve did not start: {}", server.log()).into()),
+        }
+        Ok(server)
+    }
+}
+
+/// A `dbox serve` process, killed (SIGKILL) when dropped.
+struct Server {
+    child: Child,
+    addr: String,
+    log: Arc<Mutex<String>>,
+}
+
+impl Server {
+    fn log(&self) -> String {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    fn sock(&self) -> R<SocketAddr> {
+        Ok(self.addr.parse()?)
+    }
+
+    /// Fails if the process has exited.
+    fn assert_alive(&mut self) -> TestResult {
+        if let Some(st) = self.child.try_wait()? {
+            return Err(format!("dbox serve exited ({st}); its log:\n{}", self.log()).into());
+        }
+        Ok(())
+    }
+
+    /// SIGKILL, and reap.
+    fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn token(r: &Run) -> String {
+    r.stdout.lines().last().unwrap_or("").trim().to_string()
+}
+
+fn json(r: &Run) -> R<serde_json::Value> {
+    Ok(serde_json::from_str(&r.stdout)?)
+}
+
+/// Number of versions `dbox log` lists.
+fn version_count(dev: &Dev, repo: &Path) -> R<usize> {
+    let log = json(&dev.ok(repo, &["log", "--json"])?)?;
+    Ok(log.as_array().map_or(0, Vec::len))
+}
+
+/// Copies a repository folder (not a running server's lock or address).
+fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        let t = to.join(e.file_name());
+        let name = e.file_name();
+        if e.file_type()?.is_dir() {
+            copy_dir(&e.path(), &t)?;
+        } else if e.file_type()?.is_file() && name != "serve.lock" && name != "serve.addr" {
+            std::fs::copy(e.path(), &t)?;
+        }
+    }
+    Ok(())
+}
+
+/// A repository `a` founded by device `a` with one version, served; and
+/// device `b` a member through an invitation, cloned into `b`.
+struct Pair {
+    tmp: tempfile::TempDir,
+    a: Dev,
+    b: Dev,
+    ra: PathBuf,
+    rb: PathBuf,
+    server: Server,
+}
+
+fn pair() -> R<Pair> {
+    let tmp = tempfile::tempdir()?;
+    let (a, b) = (Dev::new(tmp.path(), "a")?, Dev::new(tmp.path(), "b")?);
+    let ra = tmp.path().join("a");
+    a.ok(tmp.path(), &["init", "a"])?;
+    write(&ra.join("notes/plan.md"), "one\ntwo\n")?;
+    write(&ra.join("data.bin"), common::bytes(3, 300_000))?;
+    a.ok(&ra, &["commit", "-m", "first"])?;
+    let server = a.serve(&ra)?;
+    let tok = token(&a.ok(&ra, &["invite", "--expires", "10m"])?);
+    let rb = tmp.path().join("b");
+    b.ok(tmp.path(), &["clone", &tok, "b"])?;
+    Ok(Pair { tmp, a, b, ra, rb, server })
+}
+
+fn runtime() -> R<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+// ---- A raw QUIC client -----------------------------------------------------
+
+/// A QUIC connection to `server` at `addr` presenting `key`, speaking `alpn`.
+async fn raw_connect(
+    key: &ed25519_dalek::SigningKey,
+    server: PeerId,
+    addr: SocketAddr,
+    alpn: &[u8],
+) -> Result<(quinn::Endpoint, quinn::Connection), String> {
+    let id = Identity::new(key).map_err(|e| e.to_string())?;
+    let cfg =
+        tls::client_config_alpn(&id, server, Arc::new(Mutex::new(None)), alpn).map_err(|e| e.to_string())?;
+    let ep = tls::endpoint(SocketAddr::from(([127, 0, 0, 1], 0)), None).map_err(|e| e.to_string())?;
+    let connecting = ep.connect_with(cfg, addr, "dbox").map_err(|e| e.to_string())?;
+    match tokio::time::timeout(STEP, connecting).await {
+        Ok(Ok(c)) => Ok((ep, c)),
+        Ok(Err(e)) => Err(format!("handshake failed: {e} ({e:?})")),
+        Err(_) => Err("handshake timed out".into()),
+    }
+}
+
+/// Sends `bytes` as the first stream's content, then waits for the server
+/// to close the connection; returns how it closed.
+async fn send_raw_first_stream(conn: &quinn::Connection, bytes: &[u8]) -> R<quinn::ConnectionError> {
+    let (mut send, mut recv) = tokio::time::timeout(STEP, conn.open_bi()).await??;
+    send.write_all(bytes).await?;
+    let _ = send.finish();
+    // Whatever the server answers (it should answer nothing), it must close.
+    let _ = tokio::time::timeout(STEP, recv.read_to_end(1 << 20)).await;
+    let closed = tokio::time::timeout(STEP, conn.closed())
+        .await
+        .map_err(|_| "the server did not close the connection after a bad hello")?;
+    Ok(closed)
+}
+
+/// Says hello and returns the server's answer.
+async fn raw_hello(conn: &quinn::Connection, hello: &Hello) -> R<Welcome> {
+    let (mut send, mut recv) = tokio::time::timeout(STEP, conn.open_bi()).await??;
+    write_msg(&mut send, hello).await?;
+    let _ = send.finish();
+    let w = tokio::time::timeout(STEP, read_msg::<Welcome>(&mut recv, "the welcome")).await??;
+    Ok(w)
+}
+
+fn hello(repo: RepoId, join: Option<[u8; 32]>, members: Vec<ByteBuf>) -> Hello {
+    Hello {
+        proto: PROTOCOL,
+        repo: ByteBuf::from(repo.0.to_vec()),
+        join: join.map(|s| ByteBuf::from(s.to_vec())),
+        members,
+    }
+}
+
+/// What a hostile member claims to have: one head with these parents, and
+/// the bytes it sends for each object asked for (`None`: "I lack it").
+struct Fake {
+    head: [u8; 32],
+    parents: Vec<[u8; 32]>,
+    objects: HashMap<[u8; 32], Option<Vec<u8>>>,
+}
+
+/// Answers the server's requests on `conn` from `fake` until it closes.
+fn answer_from(conn: quinn::Connection, fake: Arc<Fake>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+            let f = fake.clone();
+            tokio::spawn(async move {
+                let Ok(req) = read_msg::<Request>(&mut recv, "a request").await else { return };
+                let r: Result<(), NetError> = async {
+                    match req {
+                        Request::Heads => write_msg(&mut send, &Response::Heads(ids_to_wire([f.head]))).await,
+                        Request::Walk { from, .. } => {
+                            let pairs = if from.iter().any(|b| b.as_slice() == f.head) {
+                                vec![(ByteBuf::from(f.head.to_vec()), ids_to_wire(f.parents.clone()))]
+                            } else {
+                                Vec::new()
+                            };
+                            write_msg(&mut send, &Response::Walk(pairs)).await
+                        }
+                        Request::Get { ids } => {
+                            for id in ids {
+                                let id = id_from_wire(&id)?;
+                                let b = f.objects.get(&id).cloned().flatten();
+                                write_object(&mut send, &ObjectId(id), b.as_deref()).await?;
+                            }
+                            Ok(())
+                        }
+                        Request::Announce { .. } => {
+                            write_msg(&mut send, &Response::Error("not answering announcements".into())).await
+                        }
+                    }
+                }
+                .await;
+                let _ = r;
+                let _ = send.finish();
+            });
+        }
+    })
+}
+
+/// Connects as a member, announces `fake`'s head, answers the server's pull
+/// from `fake`, and returns the server's answer to the announcement (or how
+/// the connection ended).
+async fn announce_fake(
+    key: &ed25519_dalek::SigningKey,
+    server: PeerId,
+    addr: SocketAddr,
+    repo: RepoId,
+    fake: Fake,
+) -> R<Result<Response, String>> {
+    let (ep, conn) = raw_connect(key, server, addr, dbox::net::ALPN).await?;
+    match raw_hello(&conn, &hello(repo, None, Vec::new())).await? {
+        Welcome::Ok { .. } => {}
+        Welcome::Refused { reason } => return Err(format!("a member was refused: {reason}").into()),
+    }
+    let head = fake.head;
+    let responder = answer_from(conn.clone(), Arc::new(fake));
+    let (mut send, mut recv) = tokio::time::timeout(STEP, conn.open_bi()).await??;
+    write_msg(&mut send, &Request::Announce { heads: ids_to_wire([head]) }).await?;
+    let _ = send.finish();
+    let out = match tokio::time::timeout(STEP, read_msg::<Response>(&mut recv, "the announce answer")).await {
+        Ok(Ok(r)) => Ok(r),
+        Ok(Err(e)) => Err(format!("connection ended: {e}")),
+        Err(_) => return Err("no answer to the announcement within the time limit (server hung?)".into()),
+    };
+    conn.close(0u32.into(), b"done");
+    responder.abort();
+    let _ = tokio::time::timeout(Duration::from_secs(2), ep.wait_idle()).await;
+    Ok(out)
+}
+
+/// The server's answer to a hostile announcement must be a clean refusal
+/// mentioning `expect`, or a closed connection.
+fn expect_refusal(what: &str, got: Result<Response, String>, expect: &str) -> TestResult {
+    match got {
+        Ok(Response::Error(e)) => {
+            assert!(e.contains(expect), "{what}: the error should mention {expect:?}: {e}");
+            eprintln!("{what}: refused: {e}");
+        }
+        Err(closed) => eprintln!("{what}: connection closed: {closed}"),
+        Ok(other) => return Err(format!("{what}: the server accepted hostile data: {other:?}").into()),
+    }
+    Ok(())
+}
+
+// ---- 1. Strangers ----------------------------------------------------------
+
+#[test]
+fn a_stranger_is_refused_and_the_server_keeps_serving() -> TestResult {
+    let mut p = pair()?;
+    let target = format!("{}@{}", p.a.id()?, p.server.addr);
+
+    // A stranger holding a copy of the repository (same id, not a member).
+    let s = Dev::new(p.tmp.path(), "stranger")?;
+    let rs = p.tmp.path().join("s");
+    copy_dir(&p.ra, &rs)?;
+    let r = s.run(&rs, &["pull", &target])?;
+    assert!(r.code != 0, "{r:?}");
+    assert!(r.stderr.contains("not a member"), "a clear refusal: {r:?}");
+    assert!(r.stderr.contains(&s.id()?), "the refusal names the device: {r:?}");
+    // Its versions are not taken either.
+    write(&rs.join("intruder.txt"), "let me in")?;
+    s.ok(&rs, &["commit", "-m", "intruder"])?;
+    let r = s.run(&rs, &["push", &target])?;
+    assert!(r.code != 0 && r.stderr.contains("not a member"), "{r:?}");
+    let r = s.run(&rs, &["sync", &target])?;
+    assert!(r.code != 0 && r.stderr.contains("not a member"), "{r:?}");
+
+    // A stranger with a repository of its own.
+    let s2 = Dev::new(p.tmp.path(), "stranger2")?;
+    s2.ok(p.tmp.path(), &["init", "s2"])?;
+    let r = s2.run(&p.tmp.path().join("s2"), &["pull", &target])?;
+    // Not told which repository is served here: just that it is no member.
+    assert!(r.code != 0 && r.stderr.contains("not a member"), "{r:?}");
+
+    p.server.assert_alive()?;
+    assert_eq!(version_count(&p.a, &p.ra)?, 1, "nothing from the stranger was stored");
+    assert!(!p.a.ok(&p.ra, &["log"])?.stdout.contains("intruder"));
+    let members = dbox::members::Members::load(&Repo::open(&p.ra)?)?;
+    assert_eq!(members.len(), 2, "the stranger did not become a member");
+    // The server logs each refusal (soon: it first lets the answer leave).
+    let t = Instant::now();
+    while p.server.log().matches("is not a member").count() < 4 && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(p.server.log().matches("is not a member").count(), 4, "{}", p.server.log());
+
+    // A real member is still served.
+    write(&p.ra.join("notes/plan.md"), "one\ntwo\nthree\n")?;
+    p.a.ok(&p.ra, &["commit", "-m", "second"])?;
+    let j = json(&p.b.ok(&p.rb, &["pull", "origin", "--json"])?)?;
+    assert_eq!(j["pulled"]["versions"], 1, "{j}");
+    assert_eq!(std::fs::read_to_string(p.rb.join("notes/plan.md"))?, "one\ntwo\nthree\n");
+    p.a.ok(&p.ra, &["fsck"])?;
+    p.server.assert_alive()?;
+    Ok(())
+}
+
+// ---- 2. Invitations --------------------------------------------------------
+
+#[test]
+fn invitations_work_once_expire_and_need_an_empty_folder() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let a = Dev::new(tmp.path(), "a")?;
+    let ra = tmp.path().join("a");
+    a.ok(tmp.path(), &["init", "a"])?;
+    write(&ra.join("f.txt"), "hello\n")?;
+    a.ok(&ra, &["commit", "-m", "first"])?;
+    let mut server = a.serve(&ra)?;
+    let tok = token(&a.ok(&ra, &["invite", "--expires", "10m"])?);
+
+    // A non-empty target folder is refused before the token is spent.
+    let c = Dev::new(tmp.path(), "c")?;
+    let full = tmp.path().join("full");
+    write(&full.join("mine.txt"), "keep")?;
+    let r = c.run(tmp.path(), &["clone", &tok, "full"])?;
+    assert!(r.code != 0 && r.stderr.contains("not empty"), "{r:?}");
+    assert_eq!(std::fs::read_to_string(full.join("mine.txt"))?, "keep");
+    assert!(!full.join(".dbox").exists(), "nothing was made in the folder");
+
+    // The token still works once...
+    c.ok(tmp.path(), &["clone", &tok, "c"])?;
+    assert_eq!(std::fs::read_to_string(tmp.path().join("c/f.txt"))?, "hello\n");
+    // ...and only once.
+    let d = Dev::new(tmp.path(), "d")?;
+    let r = d.run(tmp.path(), &["clone", &tok, "d"])?;
+    assert!(r.code != 0 && r.stderr.contains("used already"), "{r:?}");
+    assert!(!tmp.path().join("d/.dbox").exists(), "a refused clone leaves no repository");
+
+    // An expired token: the client says so...
+    let short = token(&a.ok(&ra, &["invite", "--expires", "1s"])?);
+    std::thread::sleep(Duration::from_millis(2100));
+    let e = Dev::new(tmp.path(), "e")?;
+    let r = e.run(tmp.path(), &["clone", &short, "e"])?;
+    assert!(r.code != 0 && r.stderr.contains("expired"), "{r:?}");
+    assert!(!tmp.path().join("e/.dbox").exists());
+
+    // ...and so does the server, to a client that ignores the expiry, or
+    // presents a spent or an unknown secret. (Making an invitation drops
+    // the used ones from the list, so a spent token is "unknown" by now.)
+    let short = dbox::net::invite::Token::decode(&short)?;
+    let spent = dbox::net::invite::Token::decode(&tok)?;
+    let key = e.device()?;
+    let addr = server.sock()?;
+    let rt = runtime()?;
+    rt.block_on(async {
+        for (secret, expect) in
+            [(short.secret, "expired"), (spent.secret, "invitation"), ([7u8; 32], "unknown invitation")]
+        {
+            let (ep, conn) = raw_connect(key.signing_key(), short.inviter, addr, dbox::net::ALPN).await?;
+            match raw_hello(&conn, &hello(short.repo, Some(secret), Vec::new())).await? {
+                Welcome::Refused { reason } => assert!(reason.contains(expect), "{expect}: {reason}"),
+                Welcome::Ok { key, .. } => {
+                    return Err(format!(
+                        "joined with a bad invitation ({expect}); key sent: {}",
+                        key.is_some()
+                    )
+                    .into())
+                }
+            }
+            conn.close(0u32.into(), b"done");
+            let _ = tokio::time::timeout(Duration::from_secs(2), ep.wait_idle()).await;
+        }
+        Ok::<_, Box<dyn std::error::Error>>(())
+    })?;
+
+    server.assert_alive()?;
+    let members = dbox::members::Members::load(&Repo::open(&ra)?)?;
+    assert_eq!(members.len(), 2, "only the one invited device joined");
+    Ok(())
+}
+
+// ---- 3. Raw QUIC clients ---------------------------------------------------
+
+#[test]
+fn hand_built_clients_get_clean_errors_and_store_nothing() -> TestResult {
+    let mut p = pair()?;
+    let addr = p.server.sock()?;
+    let server_id = p.a.peer_id()?;
+    let repo = Repo::open(&p.ra)?;
+    let repo_id = repo.store().repo_id();
+    let keys = repo.store().keys().clone();
+    let head = {
+        let heads = repo.graph()?.heads();
+        assert_eq!(heads.len(), 1);
+        heads[0]
+    };
+    let (real, _) = repo.version(&head)?;
+    let stranger = Dev::new(p.tmp.path(), "stranger")?.device()?;
+    let member = p.b.device()?;
+    let before = version_count(&p.a, &p.ra)?;
+
+    let rt = runtime()?;
+    rt.block_on(async {
+        // (a) Garbage instead of a Hello: a short length, then bytes that
+        // are not CBOR; an HTTP request; a message cut short.
+        let mut junk = 16u32.to_be_bytes().to_vec();
+        junk.extend_from_slice(&[0xff; 16]);
+        let mut cut = 1000u32.to_be_bytes().to_vec();
+        cut.extend_from_slice(b"0123456789");
+        for (what, bytes) in [
+            ("garbage CBOR", junk),
+            ("an HTTP request", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
+            ("a cut message", cut),
+            // (b) A 4 GiB length prefix.
+            ("a 0xFFFFFFFF length", vec![0xff, 0xff, 0xff, 0xff, 1, 2, 3]),
+        ] {
+            let (ep, conn) = raw_connect(stranger.signing_key(), server_id, addr, dbox::net::ALPN).await?;
+            let t = Instant::now();
+            let closed = send_raw_first_stream(&conn, &bytes).await?;
+            eprintln!("{what}: closed after {:?}: {closed}", t.elapsed());
+            assert!(
+                matches!(&closed, quinn::ConnectionError::ApplicationClosed(c) if c.reason.as_ref() == b"bad hello"),
+                "{what}: {closed:?}"
+            );
+            ep.close(0u32.into(), b"");
+        }
+        // A well-formed Hello of another protocol version gets a reason.
+        let (ep, conn) = raw_connect(stranger.signing_key(), server_id, addr, dbox::net::ALPN).await?;
+        let mut h = hello(repo_id, None, Vec::new());
+        h.proto = 999;
+        match raw_hello(&conn, &h).await? {
+            Welcome::Refused { reason } => assert!(reason.contains("protocol version 999"), "{reason}"),
+            w => return Err(format!("protocol 999 was welcomed: {w:?}").into()),
+        }
+        ep.close(0u32.into(), b"");
+
+        // (c) Another ALPN: the handshake fails.
+        match raw_connect(stranger.signing_key(), server_id, addr, b"dbox/999").await {
+            Ok(_) => return Err("a dbox/999 client completed the handshake".into()),
+            // What the `dbox` command says about it is checked by
+            // `another_protocol_version_is_named_as_such`.
+            Err(e) => eprintln!("dbox/999: {e}"),
+        }
+
+        // (d) A member that lies. First a forged membership record in its
+        // Hello: a stranger naming itself.
+        let forged = Record::sign(repo_id, stranger.peer_id(), stranger.signing_key(), dbox::members::now_ms());
+        {
+            let (ep, conn) = raw_connect(member.signing_key(), server_id, addr, dbox::net::ALPN).await?;
+            let w = raw_hello(&conn, &hello(repo_id, None, vec![ByteBuf::from(forged.as_bytes().to_vec())])).await?;
+            assert!(matches!(w, Welcome::Ok { .. }), "{w:?}");
+            conn.close(0u32.into(), b"done");
+            let _ = tokio::time::timeout(Duration::from_secs(2), ep.wait_idle()).await;
+        }
+
+        // A real version with one byte of its signature flipped.
+        let mut bad_sig = real.stored().to_vec();
+        bad_sig[40] ^= 0x01;
+        let bad_id = ObjectId::of(&bad_sig).0;
+        let got = announce_fake(
+            member.signing_key(),
+            server_id,
+            addr,
+            repo_id,
+            Fake {
+                head: bad_id,
+                parents: real.body().parents.iter().map(|p| p.0).collect(),
+                objects: HashMap::from([(bad_id, Some(bad_sig))]),
+            },
+        )
+        .await?;
+        expect_refusal("a bad signature", got, "signature")?;
+
+        // A version signed by a non-member.
+        let sealed = VersionInfo::new("forged", dbox::members::now_ms(), "evil").seal(&keys, &repo_id)?;
+        let body = VersionBody {
+            repo: repo_id,
+            parents: vec![head],
+            root: real.body().root,
+            author: stranger.peer_id(),
+            seq: 1,
+            sealed_info: sealed.clone(),
+        };
+        let v = SignedVersion::sign(body, stranger.signing_key())?;
+        let got = announce_fake(
+            member.signing_key(),
+            server_id,
+            addr,
+            repo_id,
+            Fake { head: v.id().0, parents: vec![head.0], objects: HashMap::from([(v.id().0, Some(v.stored().to_vec()))]) },
+        )
+        .await?;
+        expect_refusal("a non-member's version", got, "not a member")?;
+
+        // A member's version whose root tree arrives as bytes that do not
+        // match its id; then one whose root tree the member lacks.
+        let fake_root = ObjectId::of(b"a tree that does not exist");
+        let body = VersionBody {
+            repo: repo_id,
+            parents: vec![head],
+            root: fake_root,
+            author: member.peer_id(),
+            seq: 1,
+            sealed_info: sealed.clone(),
+        };
+        let v = SignedVersion::sign(body, member.signing_key())?;
+        // Real tree bytes of the wrong id, to make it tempting.
+        let real_root = repo.store().get_raw(&real.body().root)?;
+        for (what, root_bytes, expect) in [
+            ("a tree that does not match its id", Some(real_root.clone()), "does not match its id"),
+            ("a missing tree", None, "lacks"),
+        ] {
+            let got = announce_fake(
+                member.signing_key(),
+                server_id,
+                addr,
+                repo_id,
+                Fake {
+                    head: v.id().0,
+                    parents: vec![head.0],
+                    objects: HashMap::from([(v.id().0, Some(v.stored().to_vec())), (fake_root.0, root_bytes)]),
+                },
+            )
+            .await?;
+            expect_refusal(what, got, expect)?;
+        }
+        // A version id answered with another version's bytes.
+        let other = ObjectId::of(b"some other version").0;
+        let got = announce_fake(
+            member.signing_key(),
+            server_id,
+            addr,
+            repo_id,
+            Fake { head: other, parents: vec![head.0], objects: HashMap::from([(other, Some(v.stored().to_vec()))]) },
+        )
+        .await?;
+        expect_refusal("a version that does not match its id", got, "does not match its id")?;
+        // A version that is not a version at all (a tree under its own id).
+        let tree_id = real.body().root.0;
+        let got = announce_fake(
+            member.signing_key(),
+            server_id,
+            addr,
+            repo_id,
+            Fake { head: tree_id, parents: vec![], objects: HashMap::from([(tree_id, Some(real_root))]) },
+        )
+        .await?;
+        expect_refusal("a tree posing as a version", got, "not a version")?;
+
+        // The forged membership record did not make the stranger a member.
+        let (ep, conn) = raw_connect(stranger.signing_key(), server_id, addr, dbox::net::ALPN).await?;
+        match raw_hello(&conn, &hello(repo_id, None, Vec::new())).await? {
+            Welcome::Refused { reason } => assert!(reason.contains("not a member"), "{reason}"),
+            Welcome::Ok { .. } => return Err("a self-signed membership record let a stranger in".into()),
+        }
+        ep.close(0u32.into(), b"");
+        Ok::<_, Box<dyn std::error::Error>>(())
+    })?;
+    drop(rt);
+
+    // The server survived, stored nothing, and still serves.
+    p.server.assert_alive()?;
+    assert_eq!(version_count(&p.a, &p.ra)?, before, "no new version on the server");
+    let members = dbox::members::Members::load(&Repo::open(&p.ra)?)?;
+    assert_eq!(members.len(), 2, "the forged record was not taken");
+    p.a.ok(&p.ra, &["fsck", "--read-data"])?;
+    write(&p.ra.join("after.txt"), "still here\n")?;
+    p.a.ok(&p.ra, &["commit", "-m", "after the attack"])?;
+    let j = json(&p.b.ok(&p.rb, &["pull", "origin", "--json"])?)?;
+    assert_eq!(j["pulled"]["versions"], 1, "{j}");
+    assert_eq!(std::fs::read_to_string(p.rb.join("after.txt"))?, "still here\n");
+    p.b.ok(&p.rb, &["fsck"])?;
+    p.server.assert_alive()?;
+    Ok(())
+}
+
+/// `dbox pull` against a QUIC server that presents the right key but only
+/// speaks `dbox/999`: the handshake fails and the error says that the peer
+/// speaks another protocol version (the text `ops::connect` promises).
+#[test]
+fn another_protocol_version_is_named_as_such() -> TestResult {
+    use ed25519_dalek::pkcs8::EncodePrivateKey;
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+
+    let tmp = tempfile::tempdir()?;
+    let (a, future) = (Dev::new(tmp.path(), "a")?, Dev::new(tmp.path(), "future")?);
+    a.ok(tmp.path(), &["init", "a"])?;
+    let key = future.device()?;
+    let pkcs8 = PrivatePkcs8KeyDer::from(key.signing_key().to_pkcs8_der()?.as_bytes().to_vec());
+    let pair = rcgen::KeyPair::from_pkcs8_der_and_sign_algo(&pkcs8, &rcgen::PKCS_ED25519)?;
+    let cert = rcgen::CertificateParams::new(vec!["dbox".to_string()])?.self_signed(&pair)?;
+    let mut tls =
+        rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.der().clone()], PrivateKeyDer::Pkcs8(pkcs8))?;
+    tls.alpn_protocols = vec![b"dbox/999".to_vec()];
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
+    let rt = runtime()?;
+    let ep = rt.block_on(async {
+        tls::endpoint(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            Some(quinn::ServerConfig::with_crypto(Arc::new(crypto))),
+        )
+    })?;
+    let addr = ep.local_addr()?;
+    let ep2 = ep.clone();
+    rt.spawn(async move {
+        while let Some(inc) = ep2.accept().await {
+            let _ = inc.await;
+        }
+    });
+    let target = format!("{}@{addr}", future.id()?);
+    let r = a.run(&tmp.path().join("a"), &["pull", &target])?;
+    ep.close(0u32.into(), b"");
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr.contains("another dbox protocol version"),
+        "the error names the protocol version mismatch: {r:?}"
+    );
+    Ok(())
+}
+
+// ---- 4. A server killed mid-transfer --------------------------------------
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|n| n.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_transfer_killed_midway_resumes() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let (a, b) = (Dev::new(tmp.path(), "a")?, Dev::new(tmp.path(), "b")?);
+    let ra = tmp.path().join("a");
+    a.ok(tmp.path(), &["init", "a"])?;
+    // 140 MB that does not compress: 100 files of 1 MB and two of 20 MB.
+    for i in 0..100u64 {
+        write(&ra.join(format!("d{}/f{i}.bin", i % 5)), common::bytes(1000 + i, 1 << 20))?;
+    }
+    for i in 0..2u64 {
+        write(&ra.join(format!("big{i}.bin")), common::bytes(5000 + i, 20 << 20))?;
+    }
+    a.ok(&ra, &["commit", "-m", "a lot"])?;
+    let total = {
+        let repo = Repo::open(&ra)?;
+        repo.store().list_objects()?.len() - version_count(&a, &ra)?
+    };
+    let mut server = a.serve(&ra)?;
+    let listen = server.addr.clone();
+    let tok = token(&a.ok(&ra, &["invite", "--expires", "10m"])?);
+
+    // Clone, and kill the server once the client holds part of the data
+    // (its memory grows with what it received).
+    let rb = tmp.path().join("b");
+    let mut clone = b
+        .command(tmp.path(), &["clone", &tok, "b", "--json"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let pid = clone.id();
+    let t = Instant::now();
+    let mut killed = false;
+    while t.elapsed() < Duration::from_secs(60) {
+        if clone.try_wait()?.is_some() {
+            break;
+        }
+        if rss_kib(pid) >= 60 * 1024 {
+            server.kill9();
+            killed = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let killed_at = t.elapsed();
+    // The client must notice, within its idle timeout and some slack.
+    let waited = Instant::now();
+    while clone.try_wait()?.is_none() {
+        if waited.elapsed() > Duration::from_secs(60) {
+            let _ = clone.kill();
+            return Err("the client hung after the server was killed".into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = clone.wait_with_output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(killed, "the clone finished before the kill (after {killed_at:?}): {stderr}");
+    eprintln!("killed after {killed_at:?}; the client failed {:?} later: {stderr}", waited.elapsed());
+    assert!(!out.status.success(), "the clone cannot succeed without a server: {stderr}");
+    assert!(
+        stderr.contains("connection was lost") || stderr.contains("timed out"),
+        "a clear error: {stderr}"
+    );
+    assert!(stderr.contains("pull origin"), "the hint to finish the transfer: {stderr}");
+    let first = Repo::open(&rb)?.store().list_objects()?.len();
+    eprintln!("first transfer kept {first} of {total} objects");
+    assert!(first > 0, "what arrived before the kill was kept");
+    assert!(first < total, "the kill came before the end");
+    b.ok(&rb, &["fsck"])?;
+
+    // The server comes back on the same address; the pull finishes the job.
+    let mut server = a.serve_on(&ra, &listen)?;
+    let j = json(&b.ok(tmp.path(), &["-C", "b", "pull", "origin", "--json"])?)?;
+    let second = j["pulled"]["objects"].as_u64().ok_or("pulled.objects")? as usize;
+    eprintln!("second transfer: {second} objects");
+    assert_eq!(j["pulled"]["versions"], 1, "{j}");
+    assert!(second < total, "the second transfer resumed: {second} of {total} objects");
+    assert!(first + second <= total, "nothing travelled twice: {first} + {second} > {total}");
+    assert_eq!(common::snapshot(&rb)?, common::snapshot(&ra)?, "the working trees match");
+    b.ok(&rb, &["fsck", "--read-data"])?;
+    a.ok(&ra, &["fsck"])?;
+    server.assert_alive()?;
+    Ok(())
+}
+
+// ---- 5. Three peers in a chain ---------------------------------------------
+
+#[test]
+fn versions_travel_along_a_chain_of_three() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let (a, b, c) = (Dev::new(tmp.path(), "a")?, Dev::new(tmp.path(), "b")?, Dev::new(tmp.path(), "c")?);
+    let (ra, rb, rc) = (tmp.path().join("a"), tmp.path().join("b"), tmp.path().join("c"));
+    a.ok(tmp.path(), &["init", "a"])?;
+    write(&ra.join("base.txt"), "base\n")?;
+    a.ok(&ra, &["commit", "-m", "base"])?;
+    let sa = a.serve(&ra)?;
+    b.ok(tmp.path(), &["clone", &token(&a.ok(&ra, &["invite"])?), "b"])?;
+    let sb = b.serve(&rb)?;
+    // C is invited by B and never talks to A directly.
+    c.ok(tmp.path(), &["clone", &token(&b.ok(&rb, &["invite"])?), "c"])?;
+
+    // A -> B -> C.
+    write(&ra.join("from-a.txt"), "made on a\n")?;
+    let va = a.ok(&ra, &["commit", "-m", "on a"])?.stdout.trim().to_string();
+    assert_eq!(json(&b.ok(&rb, &["pull", "origin", "--json"])?)?["pulled"]["versions"], 1);
+    assert_eq!(json(&c.ok(&rc, &["pull", "origin", "--json"])?)?["pulled"]["versions"], 1);
+    assert!(c.ok(&rc, &["log"])?.stdout.contains(&va[..12]));
+    assert_eq!(std::fs::read_to_string(rc.join("from-a.txt"))?, "made on a\n");
+
+    // C -> B -> A: A learns that C is a member from B's records.
+    write(&rc.join("from-c.txt"), "made on c\n")?;
+    let vc = c.ok(&rc, &["commit", "-m", "on c"])?.stdout.trim().to_string();
+    assert_eq!(json(&c.ok(&rc, &["push", "origin", "--json"])?)?["pushed"]["versions"], 1);
+    let target_b = format!("{}@{}", b.id()?, sb.addr);
+    let j = json(&a.ok(&ra, &["pull", &target_b, "--json"])?)?;
+    assert_eq!(j["pulled"]["versions"], 1, "{j}");
+    let log = a.ok(&ra, &["log", "--json"])?;
+    let log = json(&log)?;
+    let c_version =
+        log.as_array().and_then(|l| l.iter().find(|v| v["id"] == vc.as_str())).ok_or("C's version on A")?;
+    assert_eq!(c_version["message"], "on c");
+    assert_eq!(std::fs::read_to_string(ra.join("from-c.txt"))?, "made on c\n");
+    let members = dbox::members::Members::load(&Repo::open(&ra)?)?;
+    assert!(members.contains(&c.peer_id()?), "A knows C as a member");
+    for (d, r) in [(&a, &ra), (&b, &rb), (&c, &rc)] {
+        d.ok(r, &["fsck"])?;
+    }
+    drop((sa, sb));
+    Ok(())
+}
+
+// ---- 6. Concurrent commits -------------------------------------------------
+
+#[test]
+fn concurrent_commits_give_two_heads_on_both_sides() -> TestResult {
+    let mut p = pair()?;
+    write(&p.ra.join("a-side.txt"), "a\n")?;
+    let va = p.a.ok(&p.ra, &["commit", "-m", "on a"])?.stdout.trim().to_string();
+    write(&p.rb.join("b-side.txt"), "b\n")?;
+    let vb = p.b.ok(&p.rb, &["commit", "-m", "on b"])?.stdout.trim().to_string();
+    let j = json(&p.b.ok(&p.rb, &["sync", "origin", "--json"])?)?;
+    assert_eq!(
+        (j["pulled"]["versions"].as_u64(), j["pushed"]["versions"].as_u64()),
+        (Some(1), Some(1)),
+        "{j}"
+    );
+    assert!(j["worktree"].as_str().unwrap_or("").contains("2 heads"), "{j}");
+
+    for (d, r, mine, theirs, own) in
+        [(&p.a, &p.ra, &va, &vb, "a-side.txt"), (&p.b, &p.rb, &vb, &va, "b-side.txt")]
+    {
+        let g = d.ok(r, &["log", "--graph"])?.stdout;
+        let lines: Vec<&str> = g.lines().collect();
+        let col = |id: &str| -> Option<usize> {
+            lines.iter().find(|l| l.contains(&id[..12])).and_then(|l| l.find('*'))
+        };
+        let (m, t) = (col(mine).ok_or("my head in the graph")?, col(theirs).ok_or("their head")?);
+        assert_ne!(m, t, "two heads in two lanes:\n{g}");
+        assert!(g.contains("|/"), "the fork is drawn:\n{g}");
+        let st = d.ok(r, &["status"])?.stdout;
+        assert!(st.contains("1 other head(s)") && st.contains(&theirs[..12]), "{st}");
+        // Each working tree stayed on its own line of work.
+        assert!(r.join(own).exists(), "{own}");
+        d.ok(r, &["fsck"])?;
+    }
+    assert!(!p.ra.join("b-side.txt").exists(), "a forked tree is left alone");
+    p.server.assert_alive()?;
+    Ok(())
+}
