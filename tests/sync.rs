@@ -384,3 +384,77 @@ fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn concurrent_edits_on_two_peers_merge_and_all_three_converge() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let (a, b, c) = (Dev::new(tmp.path(), "a")?, Dev::new(tmp.path(), "b")?, Dev::new(tmp.path(), "c")?);
+    let ra = tmp.path().join("a");
+    a.ok(tmp.path(), &["init", "a"])?;
+    write(&ra.join("plan.md"), "title\n\none\ntwo\nthree\nfour\n")?;
+    write(&ra.join("budget.txt"), "40\n")?;
+    a.ok(&ra, &["commit", "-m", "first"])?;
+    let server = a.serve(&ra)?;
+    let (rb, rc) = (tmp.path().join("b"), tmp.path().join("c"));
+    for (d, dir) in [(&b, "b"), (&c, "c")] {
+        let tok = token(&a.ok(&ra, &["invite"])?);
+        d.ok(tmp.path(), &["clone", &tok, dir])?;
+    }
+    // At the same time: b and c edit the plan in different places, the
+    // budget in the same place, and each adds a file.
+    write(&rb.join("plan.md"), "title by b\n\none\ntwo\nthree\nfour\n")?;
+    write(&rb.join("budget.txt"), "45\n")?;
+    write(&rb.join("from-b.txt"), "b\n")?;
+    b.ok(&rb, &["commit", "-m", "b's edit"])?;
+    write(&rc.join("plan.md"), "title\n\none\ntwo\nthree\nfour\nfive by c\n")?;
+    write(&rc.join("budget.txt"), "38\n")?;
+    write(&rc.join("from-c.txt"), "c\n")?;
+    c.ok(&rc, &["commit", "-m", "c's edit"])?;
+    b.ok(&rb, &["sync", "origin"])?;
+    let j = json(&c.ok(&rc, &["sync", "origin", "--json"])?)?;
+    assert_eq!(
+        (j["pulled"]["versions"].as_u64(), j["pushed"]["versions"].as_u64()),
+        (Some(1), Some(1)),
+        "{j}"
+    );
+    let graph = c.ok(&rc, &["log", "--graph"])?.stdout;
+    assert!(graph.contains("|/"), "the fork shows:\n{graph}");
+
+    let m = json(&c.ok(&rc, &["merge", "--json"])?)?;
+    assert_eq!(m["result"], "merged", "{m}");
+    c.ok(&rc, &["sync", "origin"])?;
+    b.ok(&rb, &["sync", "origin"])?;
+    let mut heads = Vec::new();
+    for (d, r) in [(&a, &ra), (&b, &rb), (&c, &rc)] {
+        let log = json(&d.ok(r, &["log", "--json"])?)?;
+        let list = log.as_array().ok_or("log is a list")?;
+        let hs: Vec<String> = list
+            .iter()
+            .filter(|v| v["head"] == true)
+            .filter_map(|v| v["id"].as_str().map(String::from))
+            .collect();
+        assert_eq!(hs.len(), 1, "one head on {}: {hs:?}", r.display());
+        heads.push(hs[0].clone());
+        assert_eq!(list.len(), 4, "first, two edits, the merge");
+        // Every edit is present in every working tree.
+        assert_eq!(
+            std::fs::read_to_string(r.join("plan.md"))?,
+            "title by b\n\none\ntwo\nthree\nfour\nfive by c\n"
+        );
+        assert_eq!(std::fs::read_to_string(r.join("from-b.txt"))?, "b\n");
+        assert_eq!(std::fs::read_to_string(r.join("from-c.txt"))?, "c\n");
+        assert_eq!(std::fs::read_to_string(r.join("budget.txt"))?, "38\n", "c merged: its budget stays");
+        let copies: Vec<_> = std::fs::read_dir(r)?
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with("budget.conflict-"))
+            .collect();
+        assert_eq!(copies.len(), 1, "b's budget kept beside it");
+        assert_eq!(std::fs::read_to_string(copies[0].path())?, "45\n");
+        let st = json(&d.ok(r, &["status", "--json"])?)?;
+        assert_eq!(st["changes"].as_array().map(Vec::len), Some(0), "{st}");
+        d.ok(r, &["fsck", "--read-data"])?;
+    }
+    assert!(heads.iter().all(|h| h == &heads[0]), "{heads:?}");
+    drop(server);
+    Ok(())
+}
