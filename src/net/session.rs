@@ -353,31 +353,32 @@ impl Session {
         }
     }
 
+    /// Streams objects: a blocking reader stays at most two objects ahead
+    /// of the network, so memory per request is a few objects.
     async fn send_objects(&self, mut send: quinn::SendStream, ids: Vec<ObjectId>) -> Result<()> {
-        for batch in ids.chunks(32) {
-            let store = self.repo.store().clone();
-            let batch = batch.to_vec();
-            let got = blocking(move || {
-                let mut out = Vec::with_capacity(batch.len());
-                for id in batch {
-                    let b = match store.try_get_raw(&id) {
-                        Ok(Some(b)) => Some(b),
-                        Ok(None) => {
-                            // A commit may have landed since the store was opened.
-                            store.refresh()?;
-                            store.try_get_raw(&id).ok().flatten()
-                        }
-                        Err(_) => None,
-                    };
-                    out.push((id, b));
+        let store = self.repo.store().clone();
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<(ObjectId, Option<Vec<u8>>)>(2);
+        let reader = tokio::task::spawn_blocking(move || {
+            let mut refreshed = false;
+            for id in ids {
+                let b = match store.try_get_raw(&id) {
+                    Ok(Some(b)) => Some(b),
+                    // A commit may have landed since the store was opened.
+                    Ok(None) if !refreshed => {
+                        refreshed = true;
+                        store.refresh().ok().and_then(|()| store.try_get_raw(&id).ok().flatten())
+                    }
+                    Ok(None) | Err(_) => None,
+                };
+                if tx.blocking_send((id, b)).is_err() {
+                    return;
                 }
-                Ok(out)
-            })
-            .await?;
-            for (id, b) in got {
-                wire::write_object(&mut send, &id, b.as_deref()).await?;
             }
+        });
+        while let Some((id, b)) = rx.recv().await {
+            wire::write_object(&mut send, &id, b.as_deref()).await?;
         }
+        let _ = reader.await;
         let _ = send.finish();
         Ok(())
     }
