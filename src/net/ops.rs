@@ -459,6 +459,9 @@ pub fn running_server(repo: &Repo) -> Result<Option<Vec<String>>> {
     }
 }
 
+/// Connections a server handles at once; more are refused until some end.
+pub const MAX_CONNECTIONS: usize = 256;
+
 struct ServeCtx {
     root: PathBuf,
     device: Arc<Device>,
@@ -516,6 +519,12 @@ pub async fn serve(
             _ = &mut shutdown => break,
             inc = endpoint.accept() => {
                 let Some(inc) = inc else { break };
+                while tasks.try_join_next().is_some() {}
+                if tasks.len() >= MAX_CONNECTIONS {
+                    // Busy: the peer retries later; nothing is read from it.
+                    inc.refuse();
+                    continue;
+                }
                 let ctx = ctx.clone();
                 tasks.spawn(async move {
                     let from = inc.remote_address();
