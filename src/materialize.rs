@@ -510,11 +510,63 @@ fn apply(
         }
         out.deleted.push(p.clone());
     }
-    for p in writes {
-        if let Some(stat) = write_entry(store, root, p, &target[p])? {
-            out.written_stats.insert(p.clone(), stat);
-        }
+    // Folders first, in order (parents before children); then files and
+    // links, by several threads: decrypting and writing is most of the work.
+    let (dirs, others): (Vec<&Vec<u8>>, Vec<&Vec<u8>>) =
+        writes.into_iter().partition(|p| matches!(target[*p].content, Content::Dir));
+    for p in dirs {
+        write_entry(store, root, p, &target[p])?;
         out.written.push(p.clone());
     }
-    Ok(out)
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    let work = || -> Result<Vec<(Vec<u8>, Option<Stat>)>> {
+        let mut done = Vec::new();
+        loop {
+            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let Some(p) = others.get(i) else { return Ok(done) };
+            if failed.load(std::sync::atomic::Ordering::Relaxed) {
+                return Ok(done);
+            }
+            match write_entry(store, root, p, &target[*p]) {
+                Ok(stat) => done.push(((*p).clone(), stat)),
+                Err(e) => {
+                    failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                    return Err(e);
+                }
+            }
+        }
+    };
+    let results: Vec<Result<Vec<(Vec<u8>, Option<Stat>)>>> = std::thread::scope(|s| {
+        let helpers: Vec<_> = (1..WRITE_THREADS).map(|_| s.spawn(work)).collect();
+        let mut all = vec![work()];
+        for h in helpers {
+            all.push(h.join().unwrap_or_else(|_| Err(RepoError::Usage("a writing thread panicked".into()))));
+        }
+        all
+    });
+    let mut first_err = None;
+    for r in results {
+        match r {
+            Ok(done) => {
+                for (p, stat) in done {
+                    if let Some(stat) = stat {
+                        out.written_stats.insert(p.clone(), stat);
+                    }
+                    out.written.push(p);
+                }
+            }
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    out.written.sort();
+    match first_err {
+        Some(e) => Err(e),
+        None => Ok(out),
+    }
 }
+
+/// Threads that write files during a restore or checkout.
+const WRITE_THREADS: usize = 2;
