@@ -520,7 +520,7 @@ fn apply(
     }
     let next = std::sync::atomic::AtomicUsize::new(0);
     let failed = std::sync::atomic::AtomicBool::new(false);
-    let work = || -> Result<Vec<(Vec<u8>, Option<Stat>)>> {
+    let work = || -> Result<Written> {
         let mut done = Vec::new();
         loop {
             let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -537,7 +537,7 @@ fn apply(
             }
         }
     };
-    let results: Vec<Result<Vec<(Vec<u8>, Option<Stat>)>>> = std::thread::scope(|s| {
+    let results: Vec<Result<Written>> = std::thread::scope(|s| {
         let helpers: Vec<_> = (1..WRITE_THREADS).map(|_| s.spawn(work)).collect();
         let mut all = vec![work()];
         for h in helpers {
@@ -567,6 +567,9 @@ fn apply(
         None => Ok(out),
     }
 }
+
+/// Paths a writing thread wrote, with the stats of files.
+type Written = Vec<(Vec<u8>, Option<Stat>)>;
 
 /// Threads that write files during a restore or checkout.
 const WRITE_THREADS: usize = 2;
