@@ -167,7 +167,10 @@ pub async fn connect(
     let mut last = NetError::Connect { addr: addr.into(), reason: "the name resolves to no address".into() };
     for sa in addrs {
         let seen = Arc::new(Mutex::new(None));
-        let cfg = tls::client_config(identity, expected, seen.clone())?;
+        let mut cfg = tls::client_config(identity, expected, seen.clone())?;
+        if sa.ip().is_loopback() {
+            tls::for_loopback_client(&mut cfg);
+        }
         let endpoint = tls::endpoint(unspecified_for(&sa), None)?;
         let connecting = match endpoint.connect_with(cfg, sa, "dbox") {
             Ok(c) => c,
@@ -489,6 +492,9 @@ pub async fn serve(
         .ok_or_else(|| RepoError::Usage("another `dbox serve` is running in this repository".into()))?;
     let identity = Identity::new(device.signing_key())?;
     let endpoint = tls::endpoint(listen, Some(tls::server_config(&identity)?))?;
+    let mut loopback_config = tls::server_config(&identity)?;
+    tls::for_loopback_server(&mut loopback_config);
+    let loopback_config = Arc::new(loopback_config);
     let local =
         endpoint.local_addr().map_err(|e| NetError::Local(format!("cannot read the bound address: {e}")))?;
     let addrs = reachable_addrs(local);
@@ -526,9 +532,10 @@ pub async fn serve(
                     continue;
                 }
                 let ctx = ctx.clone();
+                let loopback = inc.remote_address().ip().is_loopback().then(|| loopback_config.clone());
                 tasks.spawn(async move {
                     let from = inc.remote_address();
-                    if let Err(e) = handle(inc, &ctx).await {
+                    if let Err(e) = handle(inc, loopback, &ctx).await {
                         (ctx.log)(format!("{from}: {}", dbox_store::error::chain(&e)));
                     }
                 });
@@ -559,8 +566,18 @@ async fn refuse(conn: &quinn::Connection, send: &mut quinn::SendStream, reason: 
     NetError::Refused(reason)
 }
 
-async fn handle(inc: quinn::Incoming, ctx: &ServeCtx) -> Result<()> {
-    let conn = timed("the handshake", CONNECT_TIMEOUT, async { inc.await.map_err(NetError::from) }).await?;
+async fn handle(
+    inc: quinn::Incoming,
+    loopback: Option<Arc<quinn::ServerConfig>>,
+    ctx: &ServeCtx,
+) -> Result<()> {
+    let connecting = match loopback {
+        Some(config) => inc.accept_with(config),
+        None => inc.accept(),
+    }
+    .map_err(NetError::from)?;
+    let conn =
+        timed("the handshake", CONNECT_TIMEOUT, async { connecting.await.map_err(NetError::from) }).await?;
     let peer = tls::remote_peer(&conn)?;
     let who = format!("{} at {}", format_peer_id(&peer), conn.remote_address());
     let (mut send, mut recv) = timed("the session to open", CONNECT_TIMEOUT, async {
