@@ -192,6 +192,8 @@ pub fn resolve_target(book: &Book, text: &str) -> Result<Target> {
                 let p = book.by_id(&id);
                 (id, p.map(|p| p.name.clone()), p.and_then(|p| p.addr.clone()))
             }
+            // Text that looks like a peer id gets the id's own error (a typo is caught there).
+            Err(e) if peer.len() > 40 && peer.to_ascii_lowercase().starts_with("dbx") => return Err(e),
             Err(_) if check_name(peer).is_ok() => {
                 return Err(RepoError::Usage(format!(
                     "no peer called {peer:?}; `dbox peer list` shows the names, `dbox peer add` makes one"
@@ -212,4 +214,26 @@ pub fn resolve_target(book: &Book, text: &str) -> Result<Target> {
         })?,
     };
     Ok(Target { id, addr, name })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::format_peer_id;
+
+    #[test]
+    fn a_mistyped_peer_id_is_named_as_one() {
+        let book = Book::default();
+        let id = format_peer_id(&PeerId([7; 32]));
+        let ok = resolve_target(&book, &format!("{id}@127.0.0.1:7447"));
+        assert_eq!(ok.map(|t| t.id).ok(), Some(PeerId([7; 32])));
+        // One character changed: the check digits catch it.
+        let mut typo = id.into_bytes();
+        typo[20] = if typo[20] == b'a' { b'b' } else { b'a' };
+        let typo = String::from_utf8_lossy(&typo).into_owned();
+        let e = resolve_target(&book, &format!("{typo}@127.0.0.1:7447")).err().map(|e| e.to_string());
+        assert!(e.as_deref().is_some_and(|e| e.contains("check digits")), "{e:?}");
+        let e = resolve_target(&book, "laptop").err().map(|e| e.to_string());
+        assert!(e.as_deref().is_some_and(|e| e.contains("no peer called")), "{e:?}");
+    }
 }

@@ -231,10 +231,21 @@ async fn raw_connect(
     addr: SocketAddr,
     alpn: &[u8],
 ) -> Result<(quinn::Endpoint, quinn::Connection), String> {
+    raw_connect_from(key, server, addr, alpn, [127, 0, 0, 1]).await
+}
+
+/// [`raw_connect`] from another loopback address (all of 127/8 is loopback).
+async fn raw_connect_from(
+    key: &ed25519_dalek::SigningKey,
+    server: PeerId,
+    addr: SocketAddr,
+    alpn: &[u8],
+    from: [u8; 4],
+) -> Result<(quinn::Endpoint, quinn::Connection), String> {
     let id = Identity::new(key).map_err(|e| e.to_string())?;
     let cfg =
         tls::client_config_alpn(&id, server, Arc::new(Mutex::new(None)), alpn).map_err(|e| e.to_string())?;
-    let ep = tls::endpoint(SocketAddr::from(([127, 0, 0, 1], 0)), None).map_err(|e| e.to_string())?;
+    let ep = tls::endpoint(SocketAddr::from((from, 0)), None).map_err(|e| e.to_string())?;
     let connecting = ep.connect_with(cfg, addr, "dbox").map_err(|e| e.to_string())?;
     match tokio::time::timeout(STEP, connecting).await {
         Ok(Ok(c)) => Ok((ep, c)),
@@ -917,5 +928,102 @@ fn concurrent_commits_give_two_heads_on_both_sides() -> TestResult {
     }
     assert!(!p.ra.join("b-side.txt").exists(), "a forked tree is left alone");
     p.server.assert_alive()?;
+    Ok(())
+}
+
+// ---- Idle strangers, cut-off joins, servers that are not members -----------
+
+#[test]
+fn idle_connections_are_capped_per_address_and_dropped_after_ten_seconds() -> TestResult {
+    let mut p = pair()?;
+    let a_id = p.a.peer_id()?;
+    let addr = p.server.sock()?;
+    let rt = runtime()?;
+    rt.block_on(async {
+        // Eight strangers from 127.0.0.2 finish the handshake and say nothing.
+        let mut idle = Vec::new();
+        for i in 0..8u8 {
+            let key = ed25519_dalek::SigningKey::from_bytes(&[40 + i; 32]);
+            idle.push(raw_connect_from(&key, a_id, addr, dbox::net::ALPN, [127, 0, 0, 2]).await?);
+        }
+        // A ninth from the same address is refused at once...
+        let key = ed25519_dalek::SigningKey::from_bytes(&[60; 32]);
+        match raw_connect_from(&key, a_id, addr, dbox::net::ALPN, [127, 0, 0, 2]).await {
+            Err(e) => assert!(e.contains("refused") || e.contains("REFUSED"), "{e}"),
+            Ok(_) => return Err("a ninth idle connection from one address was admitted".into()),
+        }
+        // ...while a member from another address is served.
+        let r = p.b.run(&p.rb, &["pull", "origin"])?;
+        assert_eq!(r.code, 0, "{r:?}");
+        // The silent ones are closed once their 10 s to say hello are up.
+        let t = Instant::now();
+        for (_, conn) in &idle {
+            tokio::time::timeout(Duration::from_secs(20), conn.closed())
+                .await
+                .map_err(|_| "an idle connection was kept open")?;
+        }
+        assert!(t.elapsed() < Duration::from_secs(15), "closed after {:?}", t.elapsed());
+        // A hello larger than the limit for not-yet-admitted devices ends the connection.
+        let key = ed25519_dalek::SigningKey::from_bytes(&[61; 32]);
+        let (_ep, conn) = raw_connect(&key, a_id, addr, dbox::net::ALPN).await?;
+        let mut big = (700u32 << 10).to_be_bytes().to_vec();
+        big.extend(std::iter::repeat_n(0u8, 700 << 10));
+        let closed = send_raw_first_stream(&conn, &big).await?;
+        assert!(format!("{closed}").contains("bad hello"), "{closed}");
+        Ok::<_, Box<dyn std::error::Error>>(())
+    })?;
+    p.server.assert_alive()?;
+    Ok(())
+}
+
+#[test]
+fn a_join_cut_off_after_admission_is_finished_with_the_same_invitation() -> TestResult {
+    let p = pair()?;
+    let tok = token(&p.a.ok(&p.ra, &["invite", "--expires", "10m"])?);
+    let parsed = dbox::net::invite::Token::decode(&tok)?;
+    let c = Dev::new(p.tmp.path(), "c")?;
+    let addr = p.server.sock()?;
+    let rt = runtime()?;
+    rt.block_on(async {
+        // Device c is admitted and given the key, then vanishes.
+        let key = c.device()?;
+        let (ep, conn) = raw_connect(key.signing_key(), parsed.inviter, addr, dbox::net::ALPN).await?;
+        match raw_hello(&conn, &hello(parsed.repo, Some(parsed.secret), Vec::new())).await? {
+            Welcome::Ok { key, .. } => assert!(key.is_some()),
+            Welcome::Refused { reason } => return Err(format!("refused: {reason}").into()),
+        }
+        conn.close(0u32.into(), b"gone");
+        let _ = tokio::time::timeout(Duration::from_secs(2), ep.wait_idle()).await;
+        Ok::<_, Box<dyn std::error::Error>>(())
+    })?;
+    // The same device finishes the join with the same invitation...
+    c.ok(p.tmp.path(), &["clone", &tok, "c"])?;
+    assert_eq!(std::fs::read_to_string(p.tmp.path().join("c/notes/plan.md"))?, "one\ntwo\n");
+    p.a.ok(&p.ra, &["fsck"])?;
+    // ...which stays spent for everyone else.
+    let d = Dev::new(p.tmp.path(), "d")?;
+    let r = d.run(p.tmp.path(), &["clone", &tok, "d"])?;
+    assert!(r.code != 0 && r.stderr.contains("used already"), "{r:?}");
+    let members = dbox::members::Members::load(&Repo::open(&p.ra)?)?;
+    assert_eq!(members.len(), 3, "a, b and c");
+    Ok(())
+}
+
+#[test]
+fn a_member_does_not_sync_with_a_server_that_is_not_a_member() -> TestResult {
+    let p = pair()?;
+    // A stranger serves a copy of the repository (same id, b among its members).
+    let s = Dev::new(p.tmp.path(), "stranger")?;
+    let rs = p.tmp.path().join("s");
+    copy_dir(&p.ra, &rs)?;
+    std::fs::remove_file(rs.join(".dbox/serve.lock")).ok();
+    let server = s.serve(&rs)?;
+    let target = format!("{}@{}", s.id()?, server.addr);
+    for cmd in ["pull", "push", "sync"] {
+        let r = p.b.run(&p.rb, &[cmd, &target])?;
+        assert!(r.code != 0 && r.stderr.contains("not a member of this repository"), "{cmd}: {r:?}");
+    }
+    // Nothing of b's moved to the stranger.
+    assert_eq!(version_count(&s, &rs)?, 1);
     Ok(())
 }

@@ -18,9 +18,14 @@ use crate::ui::Ui;
 /// before any repository data moves. Logs who connected to stderr.
 ///
 /// It holds no lock while idle: `dbox commit` works in the same repository
-/// while it runs, and the next sync serves the new version. When a member
+/// while it runs, and the next sync serves the new version. While a member
+/// pushes, it takes the repository's writer lock only in slices of a few
+/// seconds, so a commit here waits at most that long. When a member
 /// pushes, a clean working tree here moves to the new version; one with
-/// uncommitted changes is left alone. Ctrl-C (or SIGTERM) stops it
+/// uncommitted changes is left alone.
+///
+/// Limits: 256 members connected at once; 64 connections still in their
+/// handshake (8 from one address), each given 10 seconds to say hello. Ctrl-C (or SIGTERM) stops it
 /// cleanly: transfers in progress get up to 10 seconds to finish, and
 /// nothing half-written is ever visible.
 ///

@@ -135,6 +135,10 @@ struct Pending {
     hash: ByteBuf,
     exp: i64,
     used: bool,
+    /// The device that used it: the same device may use it again, to
+    /// finish a join that was cut off after it became a member.
+    #[serde(default)]
+    by: Option<ByteBuf>,
 }
 
 fn path(repo: &Repo) -> std::path::PathBuf {
@@ -183,14 +187,21 @@ pub fn create(repo: &Repo, inviter: PeerId, addrs: Vec<String>, valid_ms: i64) -
         hash: ByteBuf::from(secret_hash(&secret).to_vec()),
         exp: token.expires_ms,
         used: false,
+        by: None,
     });
     save(repo, &list)?;
     Ok(token)
 }
 
-/// Uses up the invitation with `secret`: Ok if it was open and unexpired.
-/// The caller serializes calls (one serving process per repository).
-pub fn consume(repo: &Repo, secret: &[u8]) -> Result<std::result::Result<(), &'static str>> {
+/// Uses up the invitation with `secret` for device `by`: Ok if it was open
+/// and unexpired, or if `by` itself used it before (a join cut off after
+/// the membership was recorded is finished that way). The caller
+/// serializes calls (one serving process per repository).
+pub fn consume(
+    repo: &Repo,
+    secret: &[u8],
+    by: &dbox_store::PeerId,
+) -> Result<std::result::Result<(), &'static str>> {
     let Ok(secret) = <[u8; 32]>::try_from(secret) else { return Ok(Err("malformed invitation")) };
     let hash = secret_hash(&secret);
     let mut list = load(repo)?;
@@ -199,12 +210,16 @@ pub fn consume(repo: &Repo, secret: &[u8]) -> Result<std::result::Result<(), &'s
         return Ok(Err("unknown invitation (made for another repository, or revoked)"));
     };
     if p.used {
+        if p.by.as_ref().is_some_and(|b| b.as_slice() == by.as_bytes()) {
+            return Ok(Ok(()));
+        }
         return Ok(Err("this invitation was used already; ask for a new one"));
     }
     if p.exp <= now {
         return Ok(Err("this invitation has expired; ask for a new one"));
     }
     p.used = true;
+    p.by = Some(ByteBuf::from(by.as_bytes().to_vec()));
     save(repo, &list)?;
     Ok(Ok(()))
 }

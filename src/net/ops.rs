@@ -11,7 +11,7 @@ use tokio::task::JoinSet;
 
 use super::session::{blocking, Log, Progress, Session};
 use super::tls::{self, Identity};
-use super::wire::{read_msg, write_msg, Hello, Taken, Welcome};
+use super::wire::{read_msg, read_msg_limited, write_msg, Hello, Taken, Welcome, MAX_HELLO};
 use super::{invite, timed, NetError, CONNECT_TIMEOUT, PROTOCOL};
 use crate::error::{RepoError, Result};
 use crate::identity::{format_peer_id, Device};
@@ -66,7 +66,10 @@ impl std::fmt::Display for Advance {
 
 /// Moves a clean working tree whose HEAD is an ancestor of the single
 /// head forward to it. A tree with uncommitted changes is never touched.
+/// The decision and the move happen under the writer lock, so no commit
+/// slips in between; an edit made meanwhile makes the checkout refuse.
 pub fn advance_worktree(repo: &Repo) -> Result<Advance> {
+    let writer = repo.store().writer_wait(crate::repo::LOCK_WAIT)?;
     let graph = repo.graph()?;
     let heads = graph.heads();
     let head = repo.head()?;
@@ -83,7 +86,7 @@ pub fn advance_worktree(repo: &Repo) -> Result<Advance> {
     if !status.changes.is_empty() {
         return Ok(Advance::Dirty(target));
     }
-    crate::materialize::checkout(repo, &target, false)?;
+    crate::materialize::checkout_locked(repo, &writer, &target, false)?;
     Ok(Advance::Moved(target))
 }
 
@@ -135,6 +138,8 @@ fn connect_error(
     // TLS alert 120, no_application_protocol: the ALPN ids (protocol versions) differ.
     let alpn_mismatch = matches!(&e, quinn::ConnectionError::ConnectionClosed(c)
         if c.error_code == quinn::TransportErrorCode::crypto(120));
+    let busy = matches!(&e, quinn::ConnectionError::ConnectionClosed(c)
+        if c.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED);
     let seen = seen.lock().ok().and_then(|s| *s);
     let reason = match seen {
         Some(s) if &s != expected => format!(
@@ -142,6 +147,7 @@ fn connect_error(
             format_peer_id(&s),
             format_peer_id(expected)
         ),
+        _ if busy => "the server is busy (too many connections being set up); try again shortly".into(),
         _ if alpn_mismatch => {
             "the peer speaks another dbox protocol version (dbox/1 here); update the older side".into()
         }
@@ -255,6 +261,14 @@ pub async fn sync(
         Ok(members)
     })
     .await?;
+    if !members.contains(&target.id) {
+        // We would answer its requests too: a non-member gets nothing.
+        conn.close(1u32.into(), b"not a member");
+        return Err(RepoError::Usage(format!(
+            "device {} answered, but it is not a member of this repository (invite it with `dbox invite`)",
+            format_peer_id(&target.id)
+        )));
+    }
     let session =
         Session::new(conn, target.id, repo.clone(), members, progress, Arc::new(|_| {}), Some(endpoint));
     let responder = tokio::spawn(session.clone().serve_requests());
@@ -462,14 +476,62 @@ pub fn running_server(repo: &Repo) -> Result<Option<Vec<String>>> {
     }
 }
 
-/// Connections a server handles at once; more are refused until some end.
+/// Admitted members a server talks with at once; more are told the
+/// server is busy.
 pub const MAX_CONNECTIONS: usize = 256;
+/// Connections not yet admitted (handshake and hello) at once; more are
+/// refused before any work is done for them.
+pub const MAX_UNADMITTED: usize = 64;
+/// Connections not yet admitted from one IP address at once.
+pub const MAX_UNADMITTED_PER_IP: usize = 8;
+/// Time from a connection's first packet to its hello being read.
+pub const ADMIT_TIMEOUT: Duration = CONNECT_TIMEOUT;
+
+/// Counts connections that are not yet admitted, in all and per address.
+#[derive(Default)]
+struct Gate {
+    open: Mutex<(usize, std::collections::HashMap<std::net::IpAddr, usize>)>,
+}
+
+/// One connection's place at the [`Gate`], given back when dropped.
+struct Ticket {
+    gate: Arc<Gate>,
+    ip: std::net::IpAddr,
+}
+
+impl Gate {
+    fn enter(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<Ticket> {
+        let mut g = self.open.lock().ok()?;
+        let here = g.1.get(&ip).copied().unwrap_or(0);
+        if g.0 >= MAX_UNADMITTED || here >= MAX_UNADMITTED_PER_IP {
+            return None;
+        }
+        g.0 += 1;
+        g.1.insert(ip, here + 1);
+        Some(Ticket { gate: self.clone(), ip })
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if let Ok(mut g) = self.gate.open.lock() {
+            g.0 = g.0.saturating_sub(1);
+            if let Some(n) = g.1.get_mut(&self.ip) {
+                *n -= 1;
+                if *n == 0 {
+                    g.1.remove(&self.ip);
+                }
+            }
+        }
+    }
+}
 
 struct ServeCtx {
     root: PathBuf,
     device: Arc<Device>,
     log: Log,
     invites: tokio::sync::Mutex<()>,
+    admitted: Arc<tokio::sync::Semaphore>,
 }
 
 /// Answers members until `shutdown` completes; returns the bound address
@@ -517,7 +579,9 @@ pub async fn serve(
         device,
         log: log.clone(),
         invites: tokio::sync::Mutex::new(()),
+        admitted: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
     });
+    let gate = Arc::new(Gate::default());
     let mut tasks = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -526,16 +590,16 @@ pub async fn serve(
             inc = endpoint.accept() => {
                 let Some(inc) = inc else { break };
                 while tasks.try_join_next().is_some() {}
-                if tasks.len() >= MAX_CONNECTIONS {
+                let Some(ticket) = gate.enter(inc.remote_address().ip()) else {
                     // Busy: the peer retries later; nothing is read from it.
                     inc.refuse();
                     continue;
-                }
+                };
                 let ctx = ctx.clone();
                 let loopback = inc.remote_address().ip().is_loopback().then(|| loopback_config.clone());
                 tasks.spawn(async move {
                     let from = inc.remote_address();
-                    if let Err(e) = handle(inc, loopback, &ctx).await {
+                    if let Err(e) = handle(inc, loopback, ticket, &ctx).await {
                         (ctx.log)(format!("{from}: {}", dbox_store::error::chain(&e)));
                     }
                 });
@@ -566,31 +630,40 @@ async fn refuse(conn: &quinn::Connection, send: &mut quinn::SendStream, reason: 
     NetError::Refused(reason)
 }
 
-async fn handle(
+/// The handshake, the peer's key and its hello, within [`ADMIT_TIMEOUT`].
+async fn admission(
     inc: quinn::Incoming,
     loopback: Option<Arc<quinn::ServerConfig>>,
-    ctx: &ServeCtx,
-) -> Result<()> {
+) -> Result<(quinn::Connection, PeerId, quinn::SendStream, Hello)> {
     let connecting = match loopback {
         Some(config) => inc.accept_with(config),
         None => inc.accept(),
     }
     .map_err(NetError::from)?;
-    let conn =
-        timed("the handshake", CONNECT_TIMEOUT, async { connecting.await.map_err(NetError::from) }).await?;
-    let peer = tls::remote_peer(&conn)?;
-    let who = format!("{} at {}", format_peer_id(&peer), conn.remote_address());
-    let (mut send, mut recv) = timed("the session to open", CONNECT_TIMEOUT, async {
-        conn.accept_bi().await.map_err(NetError::from)
-    })
-    .await?;
-    let hello: Hello = match read_msg(&mut recv, "the hello").await {
-        Ok(h) => h,
-        Err(e) => {
-            conn.close(2u32.into(), b"bad hello");
-            return Err(e.into());
+    timed("the handshake and hello", ADMIT_TIMEOUT, async {
+        let conn = connecting.await?;
+        let peer = tls::remote_peer(&conn)?;
+        let (send, mut recv) = conn.accept_bi().await?;
+        match read_msg_limited(&mut recv, "the hello", MAX_HELLO).await {
+            Ok(h) => Ok((conn, peer, send, h)),
+            Err(e) => {
+                conn.close(2u32.into(), b"bad hello");
+                Err(e)
+            }
         }
-    };
+    })
+    .await
+    .map_err(Into::into)
+}
+
+async fn handle(
+    inc: quinn::Incoming,
+    loopback: Option<Arc<quinn::ServerConfig>>,
+    ticket: Ticket,
+    ctx: &ServeCtx,
+) -> Result<()> {
+    let (conn, peer, mut send, hello) = admission(inc, loopback).await?;
+    let who = format!("{} at {}", format_peer_id(&peer), conn.remote_address());
     let root = ctx.root.clone();
     let dev = ctx.device.clone();
     let (repo, mut members) = blocking(move || {
@@ -613,29 +686,41 @@ async fn handle(
     if !right_repo && (hello.join.is_some() || members.contains(&peer)) {
         return Err(refuse(&conn, &mut send, "this peer does not serve that repository".into()).await.into());
     }
+    let Ok(_place) = ctx.admitted.clone().try_acquire_owned() else {
+        return Err(refuse(
+            &conn,
+            &mut send,
+            format!("the server is busy ({MAX_CONNECTIONS} members connected); try again later"),
+        )
+        .await
+        .into());
+    };
     let mut key = None;
     if let Some(secret) = &hello.join {
         let _one_at_a_time = ctx.invites.lock().await;
         let (repo2, dev2, secret) = (repo.clone(), ctx.device.clone(), secret.to_vec());
         let verdict = blocking(move || {
             let mut m = Members::load_or_found(&repo2, &dev2)?;
-            if m.contains(&peer) {
-                return Ok((Err("this device is a member already; use `dbox pull`"), m));
-            }
-            match invite::consume(&repo2, &secret)? {
+            match invite::consume(&repo2, &secret, &peer)? {
+                // A member already (a join cut off after it was recorded,
+                // or a second folder on the same device): it gets the key.
+                Ok(()) if m.contains(&peer) => Ok((Ok(false), m)),
                 Ok(()) => {
                     m.add(&repo2, &dev2, peer)?;
-                    Ok((Ok(()), m))
+                    Ok((Ok(true), m))
                 }
                 Err(why) => Ok((Err(why), m)),
             }
         })
         .await?;
         match verdict {
-            (Ok(()), m) => {
+            (Ok(added), m) => {
                 members = m;
                 key = Some(ByteBuf::from(repo.store().repo_key().expose_secret().to_vec()));
-                (ctx.log)(format!("{who} joined with an invitation"));
+                (ctx.log)(match added {
+                    true => format!("{who} joined with an invitation"),
+                    false => format!("{who}, a member already, used an invitation to fetch the key"),
+                });
             }
             (Err(why), _) => return Err(refuse(&conn, &mut send, why.into()).await.into()),
         }
@@ -655,6 +740,8 @@ async fn handle(
     })
     .await?;
     let ours: Vec<ByteBuf> = members.records().iter().map(|r| ByteBuf::from(r.as_bytes().to_vec())).collect();
+    drop(ticket);
+    tls::admit(&conn);
     write_msg(&mut send, &Welcome::Ok { members: ours, key }).await?;
     let _ = send.finish();
     (ctx.log)(format!("{who} connected"));

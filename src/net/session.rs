@@ -4,6 +4,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde_bytes::ByteBuf;
 use tokio::task::JoinSet;
@@ -32,14 +33,23 @@ pub const FLUSH_EVERY: u64 = 64 << 20;
 const STORE_QUEUE: usize = 16;
 /// First `Walk` limit; it doubles each round.
 const FIRST_WALK: u32 = 64;
-/// Most versions one pull takes.
-const MAX_PULL_VERSIONS: usize = 10_000_000;
+/// Most versions one pull takes (bounds the memory a peer can make a
+/// pull use: about 100 MiB of ids and parents).
+const MAX_PULL_VERSIONS: usize = 1_000_000;
 /// Most bytes of versions one pull holds in memory.
 const MAX_PULL_VERSION_BYTES: usize = 512 << 20;
 /// Where received objects go to be stored.
 type Sink = tokio::sync::mpsc::Sender<(ObjectId, Vec<u8>)>;
 /// Trees remembered as complete from the versions a pull builds on.
 const MAX_KNOWN_TREES: usize = 1_000_000;
+
+/// `Get` requests one session answers at once; more wait their turn.
+const SERVING_GETS_PER_SESSION: usize = 16;
+/// `Get` requests this process answers at once, over all sessions (each
+/// holds a reading thread).
+static SERVING_GETS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(64);
+/// Pulls this process runs at once for announcements, over all sessions.
+static ANNOUNCED_PULLS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
 
 /// Where log lines of a serving process go.
 pub type Log = Arc<dyn Fn(String) + Send + Sync>;
@@ -65,6 +75,8 @@ pub struct Session {
     members: Mutex<Members>,
     graph: Mutex<Option<Arc<Graph>>>,
     served: AtomicU64,
+    gets: tokio::sync::Semaphore,
+    pulling: tokio::sync::Mutex<()>,
     /// Counts of the pull running in this session.
     pub progress: Arc<Progress>,
     log: Log,
@@ -90,6 +102,8 @@ impl Session {
             members: Mutex::new(members),
             graph: Mutex::new(None),
             served: AtomicU64::new(0),
+            gets: tokio::sync::Semaphore::new(SERVING_GETS_PER_SESSION),
+            pulling: tokio::sync::Mutex::new(()),
             progress,
             log,
             _endpoint: endpoint,
@@ -315,12 +329,22 @@ impl Session {
                     .into());
                 }
                 let ids = objects_from_wire(&ids)?;
+                let closed = || NetError::Local("the server is shutting down".into());
+                let _mine = self.gets.acquire().await.map_err(|_| closed())?;
+                let _ours = SERVING_GETS.acquire().await.map_err(|_| closed())?;
                 return self.send_objects(send, ids).await;
             }
             Request::Announce { heads } => {
+                let one_per_session = self.pulling.try_lock();
                 if heads.len() > MAX_HEADS {
                     Response::Error("too many heads".into())
+                } else if one_per_session.is_err() {
+                    Response::Error("a pull from you is already running in this session".into())
                 } else {
+                    let _turn = ANNOUNCED_PULLS
+                        .acquire()
+                        .await
+                        .map_err(|_| NetError::Local("the server is shutting down".into()))?;
                     match self.pull().await {
                         Ok(t) => {
                             if t.versions > 0 {
@@ -331,7 +355,7 @@ impl Session {
                                     t.objects,
                                     t.bytes
                                 ));
-                                self.after_pull();
+                                self.after_pull().await;
                             }
                             Response::Announced(t)
                         }
@@ -346,8 +370,9 @@ impl Session {
     }
 
     /// After a pull this end did for the other: move a clean working tree.
-    fn after_pull(&self) {
-        match crate::net::ops::advance_worktree(&self.repo) {
+    async fn after_pull(&self) {
+        let repo = self.repo.clone();
+        match blocking(move || crate::net::ops::advance_worktree(&repo)).await {
             Ok(a) => (self.log)(format!("working tree: {a}")),
             Err(e) => (self.log)(format!("working tree not updated: {}", dbox_store::error::chain(&e))),
         }
@@ -394,34 +419,38 @@ impl Session {
         if missing_heads.is_empty() {
             return Ok(Taken::default());
         }
-        // Negotiation: walk the peer's graph down to what we have.
+        // Negotiation: walk the peer's graph down to what we have. The
+        // frontier (parents named but neither held nor yet walked) is kept
+        // up to date as answers arrive, so each answer costs its own size.
         let mut lacking: HashMap<VersionId, Vec<VersionId>> = HashMap::new();
-        let mut frontier = missing_heads;
+        let mut frontier: HashSet<VersionId> = missing_heads.into_iter().collect();
         let mut limit = FIRST_WALK;
         while !frontier.is_empty() {
             let ask: Vec<VersionId> = frontier.iter().take(MAX_HEADS).copied().collect();
             let answer = self.walk(&ask, limit).await?;
-            if answer.is_empty() {
-                return Err(NetError::Protocol("the peer's graph walk returned nothing".into()).into());
+            if !answer.iter().any(|(v, _)| frontier.contains(v)) {
+                return Err(
+                    NetError::Protocol("the peer's graph walk did not answer what was asked".into()).into()
+                );
             }
             for (v, parents) in answer {
-                if !local.contains(&v) {
-                    lacking.entry(v).or_insert(parents);
+                if local.contains(&v) || lacking.contains_key(&v) {
+                    continue;
                 }
-            }
-            if lacking.len() > MAX_PULL_VERSIONS {
-                return Err(NetError::Protocol("more versions than one pull takes".into()).into());
-            }
-            let mut next: Vec<VersionId> = Vec::new();
-            let mut seen = HashSet::new();
-            for parents in lacking.values() {
-                for p in parents {
-                    if !local.contains(p) && !lacking.contains_key(p) && seen.insert(*p) {
-                        next.push(*p);
+                frontier.remove(&v);
+                for p in &parents {
+                    if !local.contains(p) && !lacking.contains_key(p) {
+                        frontier.insert(*p);
                     }
                 }
+                lacking.insert(v, parents);
             }
-            frontier = next;
+            if lacking.len() + frontier.len() > MAX_PULL_VERSIONS {
+                return Err(NetError::Protocol(format!(
+                    "the peer has more than {MAX_PULL_VERSIONS} versions this side lacks; one pull takes at most that"
+                ))
+                .into());
+            }
             limit = (limit * 2).min(MAX_WALK);
         }
 
@@ -480,15 +509,13 @@ impl Session {
         let order = topological(&versions, &local)?;
 
         // Everything they reach, stored before any of them is recorded.
-        let repo = self.repo.clone();
-        let writer = Arc::new(blocking(move || Ok(repo.store().writer_wait(LOCK_WAIT)?)).await?);
         let (tx, rx) = tokio::sync::mpsc::channel::<(ObjectId, Vec<u8>)>(STORE_QUEUE);
         let storer = {
-            let w = writer.clone();
+            let store = self.repo.store().clone();
             let progress = self.progress.clone();
-            std::thread::spawn(move || store_loop(&w, rx, &progress))
+            std::thread::spawn(move || store_loop(&store, rx, &progress))
         };
-        let fetched = self.fetch_content(&versions, &local, &writer, &tx).await;
+        let fetched = self.fetch_content(&versions, &local, &tx).await;
         drop(tx);
         let stored = storer.join().map_err(|_| RepoError::Usage("the storing thread panicked".into()))?;
         let taken_objects = stored?;
@@ -497,6 +524,7 @@ impl Session {
         let repo = self.repo.clone();
         let progress = self.progress.clone();
         let n = blocking(move || {
+            let writer = repo.store().writer_wait(LOCK_WAIT)?;
             for id in &order {
                 if let Some((v, _)) = versions.get(id) {
                     writer.put_raw(&ObjectId::from(*id), v.stored())?;
@@ -523,7 +551,6 @@ impl Session {
         self: &Arc<Self>,
         versions: &HashMap<VersionId, (SignedVersion, VersionInfo)>,
         local: &Graph,
-        writer: &Arc<Writer>,
         tx: &Sink,
     ) -> Result<()> {
         // Trees of the local versions this pull builds on are complete.
@@ -548,14 +575,14 @@ impl Session {
             .collect();
         while !level.is_empty() {
             // Trees we hold are read locally; the others are fetched.
-            let w = writer.clone();
+            let store = self.repo.store().clone();
             let ids = level.clone();
             let (trees, remote) = blocking(move || {
                 let mut have = Vec::new();
                 let mut remote = Vec::new();
                 for id in ids {
-                    match w.store().contains(&id)? {
-                        true => have.push((id, w.get_raw(&id)?)),
+                    match store.contains(&id)? {
+                        true => have.push((id, store.get_raw(&id)?)),
                         false => remote.push(id),
                     }
                 }
@@ -691,41 +718,73 @@ async fn read_msg_unbounded(recv: &mut quinn::RecvStream) -> Result<Response, Ne
         .map_err(|e| NetError::Protocol(e.to_string()))
 }
 
+/// The writer lock as the storing thread holds it: since when, and how
+/// many bytes are not yet flushed.
+struct Held {
+    writer: Writer,
+    since: Instant,
+    unflushed: u64,
+}
+
 /// Writes received objects; flushes every [`FLUSH_EVERY`] bytes and at
 /// the end, also when the transfer failed, so that what arrived is kept.
+///
+/// The writer lock is taken only while objects arrive and given back
+/// after a flush once it has been held [`LOCK_SLICE`] (at the latest after
+/// [`LOCK_SLICE_MAX`]), so that a `dbox commit` waiting for it gets in even
+/// while a long transfer runs.
 fn store_loop(
-    w: &Writer,
+    store: &dbox_store::Store,
     mut rx: tokio::sync::mpsc::Receiver<(ObjectId, Vec<u8>)>,
     progress: &Progress,
 ) -> Result<(u64, u64)> {
-    let mut since_flush = 0u64;
     let (mut objects, mut bytes) = (0u64, 0u64);
+    let mut held: Option<Held> = None;
     let mut result: Result<()> = Ok(());
     while let Some((id, b)) = rx.blocking_recv() {
         if result.is_err() {
             continue;
         }
-        match w.put_raw(&id, &b) {
-            Ok(()) => {
-                objects += 1;
-                bytes += b.len() as u64;
-                since_flush += b.len() as u64;
-                progress.objects.fetch_add(1, Ordering::Relaxed);
-                progress.bytes.fetch_add(b.len() as u64, Ordering::Relaxed);
-                if since_flush >= FLUSH_EVERY {
-                    since_flush = 0;
-                    if let Err(e) = w.flush() {
-                        result = Err(e.into());
-                    }
-                }
-            }
-            Err(e) => result = Err(e.into()),
+        result = store_one(store, &mut held, &id, &b);
+        if result.is_ok() {
+            objects += 1;
+            bytes += b.len() as u64;
+            progress.objects.fetch_add(1, Ordering::Relaxed);
+            progress.bytes.fetch_add(b.len() as u64, Ordering::Relaxed);
         }
     }
-    let flushed = w.flush();
+    let flushed = held.map_or(Ok(()), |h| h.writer.flush());
     result?;
     flushed?;
     Ok((objects, bytes))
+}
+
+/// Held this long, the storing thread lets others have the lock at its next flush.
+const LOCK_SLICE: Duration = Duration::from_secs(5);
+/// Held this long, the storing thread flushes early to let others have the lock.
+const LOCK_SLICE_MAX: Duration = Duration::from_secs(15);
+/// How long the lock stays free between slices (the waiting side polls every 20 ms).
+const LOCK_PAUSE: Duration = Duration::from_millis(50);
+
+fn store_one(store: &dbox_store::Store, held: &mut Option<Held>, id: &ObjectId, b: &[u8]) -> Result<()> {
+    let h = match held {
+        Some(h) => h,
+        None => {
+            held.insert(Held { writer: store.writer_wait(LOCK_WAIT)?, since: Instant::now(), unflushed: 0 })
+        }
+    };
+    h.writer.put_raw(id, b)?;
+    h.unflushed += b.len() as u64;
+    let age = h.since.elapsed();
+    if h.unflushed >= FLUSH_EVERY || age >= LOCK_SLICE_MAX {
+        h.writer.flush()?;
+        h.unflushed = 0;
+        if age >= LOCK_SLICE {
+            *held = None;
+            std::thread::sleep(LOCK_PAUSE);
+        }
+    }
+    Ok(())
 }
 
 /// Tree ids reachable from `versions` (all stored: they are visible).

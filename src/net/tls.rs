@@ -31,6 +31,10 @@ const CONNECTION_WINDOW: u32 = 32 << 20;
 const MAX_UDP_PAYLOAD: u16 = 8_952;
 /// Streams a peer may have open towards us at once.
 const MAX_STREAMS: u32 = 64;
+/// Connection window of a server towards a client that has not yet been
+/// admitted: enough for the hello, small enough that many strangers cost
+/// little memory.
+pub const PRE_AUTH_WINDOW: u32 = 1 << 20;
 
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -196,7 +200,7 @@ impl ClientCertVerifier for AnyEd25519Client {
     }
 }
 
-fn transport(loopback: bool) -> Arc<quinn::TransportConfig> {
+fn transport(loopback: bool, server: bool) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     // The idle timeout is far below u64 microseconds; the conversion cannot fail.
     if let Ok(idle) = quinn::IdleTimeout::try_from(IDLE_TIMEOUT) {
@@ -204,12 +208,18 @@ fn transport(loopback: bool) -> Arc<quinn::TransportConfig> {
     }
     t.keep_alive_interval(Some(IDLE_TIMEOUT / 4));
     t.stream_receive_window(quinn::VarInt::from_u32(STREAM_WINDOW));
-    t.receive_window(quinn::VarInt::from_u32(CONNECTION_WINDOW));
     t.send_window(u64::from(CONNECTION_WINDOW));
-    t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(MAX_STREAMS));
+    if server {
+        // One stream and a small window until the hello is accepted; see [`admit`].
+        t.receive_window(quinn::VarInt::from_u32(PRE_AUTH_WINDOW));
+        t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(1));
+    } else {
+        t.receive_window(quinn::VarInt::from_u32(CONNECTION_WINDOW));
+        t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(MAX_STREAMS));
+    }
     t.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
     if loopback {
-        // Loopback carries 64 KiB datagrams: far fewer packets, far less
+        // Loopback carries jumbo datagrams: far fewer packets, far less
         // CPU per byte. No discovery is needed (or wanted: its probes would
         // cost more than a short sync moves).
         t.initial_mtu(MAX_UDP_PAYLOAD);
@@ -220,12 +230,19 @@ fn transport(loopback: bool) -> Arc<quinn::TransportConfig> {
 
 /// Tunes a server configuration for a client on the same machine.
 pub fn for_loopback_server(c: &mut quinn::ServerConfig) {
-    c.transport_config(transport(true));
+    c.transport_config(transport(true, true));
 }
 
 /// Tunes a client configuration for a server on the same machine.
 pub fn for_loopback_client(c: &mut quinn::ClientConfig) {
-    c.transport_config(transport(true));
+    c.transport_config(transport(true, false));
+}
+
+/// Opens a server connection up to full windows and stream counts, once
+/// the client's hello has been accepted.
+pub fn admit(conn: &quinn::Connection) {
+    conn.set_receive_window(quinn::VarInt::from_u32(CONNECTION_WINDOW));
+    conn.set_max_concurrent_bi_streams(quinn::VarInt::from_u32(MAX_STREAMS));
 }
 
 fn tls_error(e: impl std::fmt::Display) -> NetError {
@@ -244,7 +261,7 @@ pub fn server_config(id: &Identity) -> Result<quinn::ServerConfig, NetError> {
     tls.max_early_data_size = 0;
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(tls_error)?;
     let mut c = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    c.transport_config(transport(false));
+    c.transport_config(transport(false, true));
     Ok(c)
 }
 
@@ -275,7 +292,7 @@ pub fn client_config_alpn(
     tls.alpn_protocols = vec![alpn.to_vec()];
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(tls_error)?;
     let mut c = quinn::ClientConfig::new(Arc::new(crypto));
-    c.transport_config(transport(false));
+    c.transport_config(transport(false, false));
     Ok(c)
 }
 

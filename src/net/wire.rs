@@ -15,6 +15,10 @@ use dbox_store::{ObjectId, VersionId};
 
 /// Largest control message.
 pub const MAX_MESSAGE: usize = 4 << 20;
+/// Largest [`Hello`]: it arrives before the client is known, within the
+/// small pre-admission window ([`super::tls::PRE_AUTH_WINDOW`]). About 2,000
+/// membership records fit.
+pub const MAX_HELLO: usize = 512 << 10;
 /// Most pairs in one `Walk` answer.
 pub const MAX_WALK: u32 = 16_384;
 /// Most ids in one `Get`.
@@ -129,8 +133,7 @@ pub async fn write_msg<T: Serialize>(s: &mut quinn::SendStream, m: &T) -> Result
     let mut frame = Vec::with_capacity(4 + body.len());
     frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
     frame.extend_from_slice(&body);
-    s.write_all(&frame).await?;
-    Ok(())
+    timed("the peer to take a message", REQUEST_TIMEOUT, async { Ok(s.write_all(&frame).await?) }).await
 }
 
 /// Reads one control message, waiting at most [`REQUEST_TIMEOUT`].
@@ -138,11 +141,21 @@ pub async fn read_msg<T: DeserializeOwned>(
     r: &mut quinn::RecvStream,
     what: &'static str,
 ) -> Result<T, NetError> {
+    read_msg_limited(r, what, MAX_MESSAGE).await
+}
+
+/// Reads one control message of at most `max` bytes, waiting at most
+/// [`REQUEST_TIMEOUT`].
+pub async fn read_msg_limited<T: DeserializeOwned>(
+    r: &mut quinn::RecvStream,
+    what: &'static str,
+    max: usize,
+) -> Result<T, NetError> {
     timed(what, REQUEST_TIMEOUT, async {
         let mut len = [0u8; 4];
         r.read_exact(&mut len).await?;
         let len = u32::from_be_bytes(len) as usize;
-        if len > MAX_MESSAGE {
+        if len > max {
             return Err(NetError::Protocol(format!("{what}: a message of {len} bytes is over the limit")));
         }
         let mut body = vec![0u8; len];
@@ -163,11 +176,15 @@ pub async fn write_object(
     head[1..33].copy_from_slice(id.as_bytes());
     let len = bytes.map_or(0, <[u8]>::len) as u32;
     head[33..].copy_from_slice(&len.to_be_bytes());
-    s.write_all(&head).await?;
-    if let Some(b) = bytes {
-        s.write_all(b).await?;
-    }
-    Ok(())
+    // A peer that stops reading is dropped rather than waited on forever.
+    timed("the peer to take an object", REQUEST_TIMEOUT, async {
+        s.write_all(&head).await?;
+        if let Some(b) = bytes {
+            s.write_all(b).await?;
+        }
+        Ok(())
+    })
+    .await
 }
 
 /// Reads one object frame: the id and the bytes if the sender had it.
