@@ -59,7 +59,7 @@ type Flat = BTreeMap<Vec<u8>, FlatEntry>;
 /// Knobs of [`merge`].
 #[derive(Clone, Debug, Default)]
 pub struct MergeOptions {
-    /// The message; "Merge <other> into <HEAD>" when absent.
+    /// The message; `Merge <other> into <HEAD>` when absent.
     pub message: Option<String>,
 }
 

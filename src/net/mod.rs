@@ -60,8 +60,25 @@
 //! Control messages are at most [`wire::MAX_MESSAGE`] bytes, objects at
 //! most [`dbox_store::limits::MAX_OBJECT_SIZE`]; a `Walk` returns at most
 //! [`wire::MAX_WALK`] pairs, a `Get` asks for at most [`wire::MAX_GET`]
-//! objects. Every read of a message has a timeout ([`REQUEST_TIMEOUT`]),
-//! the connection has an idle timeout ([`IDLE_TIMEOUT`]) and keep-alives.
+//! objects. Every read and write of a message or object has a timeout
+//! ([`REQUEST_TIMEOUT`]): a peer that stops reading is dropped. The
+//! connection has an idle timeout ([`IDLE_TIMEOUT`]) and keep-alives.
+//!
+//! Before its hello is accepted, a client is a stranger and costs the
+//! server little: one stream, a [`tls::PRE_AUTH_WINDOW`] connection window,
+//! a hello of at most [`wire::MAX_HELLO`], and [`ops::ADMIT_TIMEOUT`] from
+//! first packet to hello. At most [`ops::MAX_UNADMITTED`] such connections
+//! exist at once ([`ops::MAX_UNADMITTED_PER_IP`] per address); more are
+//! refused in the handshake. Admitted, a member gets full windows and 64
+//! streams; at most [`ops::MAX_CONNECTIONS`] members are connected at once.
+//! A session answers 16 `Get`s at a time (64 over the process) and runs one
+//! pull for announcements at a time (4 over the process). A pull takes at
+//! most one million versions. A client answers requests only from a server
+//! that is a member.
+//!
+//! A pull holds the store's writer lock only while objects are being
+//! written, and gives it back after a flush every few seconds, so local
+//! commits are not locked out by a long or slow transfer.
 
 pub mod invite;
 pub mod ops;
