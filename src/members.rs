@@ -18,7 +18,7 @@
 //! file: the first command that needs one writes a genesis for the device
 //! running it.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::path::Path;
 
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
@@ -165,7 +165,12 @@ impl Members {
     pub fn merge(&mut self, repo: &RepoId, raw: &[Vec<u8>], trust_genesis: bool) -> (usize, Vec<String>) {
         let mut refused = Vec::new();
         let mut pending = Vec::new();
+        // Records held already are not checked again (a signature check each).
+        let known: HashSet<&[u8]> = self.records.iter().map(|r| r.as_bytes()).collect();
         for b in raw.iter().take(MAX_MEMBERS) {
+            if known.contains(b.as_slice()) {
+                continue;
+            }
             match Record::decode(b) {
                 Ok(r) if &r.repo != repo => refused.push("a membership record of another repository".into()),
                 Ok(r) => pending.push(r),

@@ -25,7 +25,7 @@ use dbox::net::wire::{
     id_from_wire, ids_to_wire, read_msg, write_msg, write_object, Hello, Request, Response, Welcome,
 };
 use dbox::net::{NetError, PROTOCOL};
-use dbox::store::{ObjectId, PeerId, RepoId, SignedVersion, VersionBody, VersionInfo};
+use dbox::store::{ObjectId, PeerId, RepoId, SignedVersion, VersionBody, VersionId, VersionInfo};
 use dbox::Repo;
 use serde_bytes::ByteBuf;
 
@@ -985,6 +985,16 @@ fn a_join_cut_off_after_admission_is_finished_with_the_same_invitation() -> Test
     let addr = p.server.sock()?;
     let rt = runtime()?;
     rt.block_on(async {
+        // Device b, a member already, tries the invitation: it gets the key
+        // and leaves the invitation for the device it was made for.
+        let key = p.b.device()?;
+        let (ep, conn) = raw_connect(key.signing_key(), parsed.inviter, addr, dbox::net::ALPN).await?;
+        match raw_hello(&conn, &hello(parsed.repo, Some(parsed.secret), Vec::new())).await? {
+            Welcome::Ok { key, .. } => assert!(key.is_some()),
+            Welcome::Refused { reason } => return Err(format!("a member was refused: {reason}").into()),
+        }
+        conn.close(0u32.into(), b"done");
+        let _ = tokio::time::timeout(Duration::from_secs(2), ep.wait_idle()).await;
         // Device c is admitted and given the key, then vanishes.
         let key = c.device()?;
         let (ep, conn) = raw_connect(key.signing_key(), parsed.inviter, addr, dbox::net::ALPN).await?;
@@ -1025,5 +1035,258 @@ fn a_member_does_not_sync_with_a_server_that_is_not_a_member() -> TestResult {
     }
     // Nothing of b's moved to the stranger.
     assert_eq!(version_count(&s, &rs)?, 1);
+    Ok(())
+}
+
+// ---- Slow members, long local commits, crowds -------------------------------
+
+/// Answers `repo`'s requests like a member would, but from the third `Get`
+/// on holds each object for `delay` first: a slow or stalling pusher.
+fn serve_repo_slowly(conn: quinn::Connection, repo: Repo, delay: Duration) -> tokio::task::JoinHandle<()> {
+    let gets = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    tokio::spawn(async move {
+        while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+            let repo = repo.clone();
+            let gets = gets.clone();
+            tokio::spawn(async move {
+                let Ok(req) = read_msg::<Request>(&mut recv, "a request").await else { return };
+                let g = match repo.graph() {
+                    Ok(g) => g,
+                    Err(_) => return,
+                };
+                let r: Result<(), NetError> = async {
+                    match req {
+                        Request::Heads => {
+                            write_msg(&mut send, &Response::Heads(ids_to_wire(g.heads().iter().map(|v| v.0))))
+                                .await
+                        }
+                        Request::Walk { from, limit } => {
+                            let mut out = Vec::new();
+                            let mut seen = std::collections::HashSet::new();
+                            let mut q: std::collections::VecDeque<VersionId> =
+                                from.iter().filter_map(|b| id_from_wire(b).ok()).map(VersionId).collect();
+                            while let Some(v) = q.pop_front() {
+                                if out.len() >= limit as usize {
+                                    break;
+                                }
+                                if !seen.insert(v) {
+                                    continue;
+                                }
+                                let Some(n) = g.get(&v) else { continue };
+                                out.push((
+                                    ByteBuf::from(v.0.to_vec()),
+                                    ids_to_wire(n.parents.iter().map(|p| p.0)),
+                                ));
+                                q.extend(n.parents.iter().copied());
+                            }
+                            write_msg(&mut send, &Response::Walk(out)).await
+                        }
+                        Request::Get { ids } => {
+                            let n = gets.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            for id in ids {
+                                let id = id_from_wire(&id)?;
+                                if n >= 2 {
+                                    tokio::time::sleep(delay).await;
+                                }
+                                let b = repo.store().try_get_raw(&ObjectId(id)).ok().flatten();
+                                write_object(&mut send, &ObjectId(id), b.as_deref()).await?;
+                            }
+                            Ok(())
+                        }
+                        Request::Announce { .. } => write_msg(&mut send, &Response::Error("no".into())).await,
+                    }
+                }
+                .await;
+                let _ = r;
+                let _ = send.finish();
+            });
+        }
+    })
+}
+
+/// A member's push that stalls between objects does not keep the server's
+/// writer lock: a local `dbox commit` gets in within a few seconds.
+#[test]
+fn a_stalling_push_does_not_lock_out_local_commits() -> TestResult {
+    let p = pair()?;
+    let addr = p.server.sock()?;
+    let a_id = p.a.peer_id()?;
+    write(&p.rb.join("new.bin"), common::bytes(9, 200_000))?;
+    p.b.ok(&p.rb, &["commit", "-m", "from b"])?;
+    let rb = Repo::open(&p.rb)?;
+    let repo_id = rb.store().repo_id();
+    let head = rb.graph()?.heads()[0];
+    let key = p.b.device()?;
+    let rt = runtime()?;
+    let (ra, a) = (p.ra.clone(), Dev { home: p.a.home.clone() });
+    let committer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(4));
+        write(&ra.join("local.txt"), "edit on the server\n").ok();
+        let t = Instant::now();
+        let r = a.run(&ra, &["commit", "-m", "local"]);
+        (t.elapsed(), r)
+    });
+    let answer = rt.block_on(async {
+        let (ep, conn) = raw_connect(key.signing_key(), a_id, addr, dbox::net::ALPN).await?;
+        match raw_hello(&conn, &hello(repo_id, None, Vec::new())).await? {
+            Welcome::Ok { .. } => {}
+            Welcome::Refused { reason } => return Err(format!("refused: {reason}").into()),
+        }
+        let responder = serve_repo_slowly(conn.clone(), rb.clone(), Duration::from_secs(12));
+        let (mut send, mut recv) = conn.open_bi().await?;
+        write_msg(&mut send, &Request::Announce { heads: ids_to_wire([head.0]) }).await?;
+        let _ = send.finish();
+        let r =
+            tokio::time::timeout(Duration::from_secs(90), read_msg::<Response>(&mut recv, "answer")).await;
+        responder.abort();
+        conn.close(0u32.into(), b"");
+        drop(ep);
+        Ok::<_, Box<dyn std::error::Error>>(r)
+    })?;
+    let (took, commit) = committer.join().map_err(|_| "committer panicked")?;
+    let commit = commit?;
+    assert_eq!(commit.code, 0, "a local commit failed during a stalled push: {commit:?}");
+    assert!(took < Duration::from_secs(5), "a local commit waited {took:?} for a stalled push");
+    // The slow push itself completes.
+    assert!(matches!(answer, Ok(Ok(Response::Announced(ref t))) if t.versions == 1), "{answer:?}");
+    p.a.ok(&p.ra, &["fsck"])?;
+    Ok(())
+}
+
+/// Two pushes that reach their end while a long local commit holds the
+/// writer lock wait for it off the async threads: the server keeps
+/// answering others meanwhile, and both pushes complete.
+#[test]
+fn a_long_local_commit_does_not_stall_the_server() -> TestResult {
+    let p = pair()?;
+    let addr = p.server.sock()?;
+    let a_id = p.a.peer_id()?;
+    let rb2 = p.tmp.path().join("b2");
+    copy_dir(&p.rb, &rb2)?;
+    write(&p.rb.join("x.txt"), "x\n")?;
+    p.b.ok(&p.rb, &["commit", "-m", "x"])?;
+    write(&rb2.join("y.txt"), "y\n")?;
+    p.b.ok(&rb2, &["commit", "-m", "y"])?;
+    // Stands for a long `dbox commit` on the server's machine.
+    let ra = Repo::open(&p.ra)?;
+    let lock = ra.store().writer()?;
+    let mut pushes = Vec::new();
+    for dir in [p.rb.clone(), rb2.clone()] {
+        let b = Dev { home: p.b.home.clone() };
+        pushes.push(std::thread::spawn(move || b.run(&dir, &["push", "origin"])));
+    }
+    std::thread::sleep(Duration::from_secs(4));
+    let releaser = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(10));
+        drop(lock);
+    });
+    let key = p.b.device()?;
+    let rt = runtime()?;
+    let t = Instant::now();
+    let welcomed = rt.block_on(async {
+        let (_ep, conn) = raw_connect(key.signing_key(), a_id, addr, dbox::net::ALPN).await?;
+        let w = raw_hello(&conn, &hello(ra.store().repo_id(), None, Vec::new())).await?;
+        Ok::<_, Box<dyn std::error::Error>>(matches!(w, Welcome::Ok { .. }))
+    })?;
+    let waited = t.elapsed();
+    releaser.join().map_err(|_| "releaser panicked")?;
+    for h in pushes {
+        let r = h.join().map_err(|_| "push panicked")??;
+        assert_eq!(r.code, 0, "{r:?}");
+    }
+    assert!(welcomed && waited < Duration::from_secs(5), "the server took {waited:?} to answer a hello");
+    assert_eq!(version_count(&p.a, &p.ra)?, 3);
+    Ok(())
+}
+
+/// Strangers from eight addresses fill every place for connections not yet
+/// admitted; a member still gets in (the oldest waiting one makes room).
+#[test]
+fn a_crowd_of_idle_strangers_does_not_lock_members_out() -> TestResult {
+    let p = pair()?;
+    let a_id = p.a.peer_id()?;
+    let addr = p.server.sock()?;
+    let rt = runtime()?;
+    rt.block_on(async {
+        let mut idle = Vec::new();
+        for ip in 2..10u8 {
+            for i in 0..8u8 {
+                let key = ed25519_dalek::SigningKey::from_bytes(&[ip.wrapping_mul(16).wrapping_add(i); 32]);
+                idle.push(raw_connect_from(&key, a_id, addr, dbox::net::ALPN, [127, 0, 0, ip]).await?);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let r = p.b.run(&p.rb, &["pull", "origin"])?;
+        assert_eq!(r.code, 0, "a member was locked out by 64 idle strangers: {r:?}");
+        Ok::<_, Box<dyn std::error::Error>>(())
+    })
+}
+
+/// One member cannot take every place: its fifth session is refused, and
+/// another member is served.
+#[test]
+fn one_member_is_held_to_four_sessions() -> TestResult {
+    let p = pair()?;
+    let tok = token(&p.a.ok(&p.ra, &["invite", "--expires", "10m"])?);
+    let c = Dev::new(p.tmp.path(), "c")?;
+    c.ok(p.tmp.path(), &["clone", &tok, "c"])?;
+    let rc = p.tmp.path().join("c");
+    let a_id = p.a.peer_id()?;
+    let addr = p.server.sock()?;
+    let repo_id = Repo::open(&p.ra)?.store().repo_id();
+    let key = p.b.device()?;
+    let rt = runtime()?;
+    rt.block_on(async {
+        let mut held = Vec::new();
+        for i in 0..5 {
+            let (ep, conn) = raw_connect(key.signing_key(), a_id, addr, dbox::net::ALPN).await?;
+            match raw_hello(&conn, &hello(repo_id, None, Vec::new())).await? {
+                Welcome::Ok { .. } if i < 4 => held.push((ep, conn)),
+                Welcome::Ok { .. } => return Err("a fifth session of one member was admitted".into()),
+                Welcome::Refused { reason } if i == 4 => {
+                    assert!(reason.contains("sessions open"), "{reason}")
+                }
+                Welcome::Refused { reason } => return Err(format!("refused early: {reason}").into()),
+            }
+        }
+        let r = c.run(&rc, &["pull", "origin"])?;
+        assert_eq!(r.code, 0, "{r:?}");
+        Ok::<_, Box<dyn std::error::Error>>(())
+    })
+}
+
+/// Thousands of membership records (a member may sign records for any
+/// device) still fit every hello: the repository keeps syncing.
+#[test]
+fn thousands_of_members_still_fit_the_hello() -> TestResult {
+    let p = pair()?;
+    let a_id = p.a.peer_id()?;
+    let addr = p.server.sock()?;
+    let repo_id = Repo::open(&p.ra)?.store().repo_id();
+    let key = p.b.device()?;
+    let now = dbox::members::now_ms();
+    let recs: Vec<ByteBuf> = (0..4000u32)
+        .map(|i| {
+            let mut k = [0xabu8; 32];
+            k[..4].copy_from_slice(&i.to_be_bytes());
+            ByteBuf::from(Record::sign(repo_id, PeerId(k), key.signing_key(), now).as_bytes().to_vec())
+        })
+        .collect();
+    let rt = runtime()?;
+    rt.block_on(async {
+        for part in recs.chunks(2000) {
+            let (ep, conn) = raw_connect(key.signing_key(), a_id, addr, dbox::net::ALPN).await?;
+            let w = raw_hello(&conn, &hello(repo_id, None, part.to_vec())).await?;
+            assert!(matches!(w, Welcome::Ok { .. }));
+            conn.close(0u32.into(), b"");
+            let _ = tokio::time::timeout(Duration::from_secs(2), ep.wait_idle()).await;
+        }
+        Ok::<_, Box<dyn std::error::Error>>(())
+    })?;
+    for _ in 0..2 {
+        let r = p.b.run(&p.rb, &["pull", "origin"])?;
+        assert_eq!(r.code, 0, "{r:?}");
+    }
+    assert_eq!(dbox::members::Members::load(&Repo::open(&p.rb)?)?.len(), 4002);
     Ok(())
 }

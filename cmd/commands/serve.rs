@@ -24,8 +24,9 @@ use crate::ui::Ui;
 /// pushes, a clean working tree here moves to the new version; one with
 /// uncommitted changes is left alone.
 ///
-/// Limits: 256 members connected at once; 64 connections still in their
-/// handshake (8 from one address), each given 10 seconds to say hello. Ctrl-C (or SIGTERM) stops it
+/// Limits: 256 members connected at once, 4 sessions per member; 64
+/// connections still in their handshake (8 from one address), each given
+/// 10 seconds to say hello, the oldest dropped first when all are taken. Ctrl-C (or SIGTERM) stops it
 /// cleanly: transfers in progress get up to 10 seconds to finish, and
 /// nothing half-written is ever visible.
 ///

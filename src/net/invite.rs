@@ -193,14 +193,16 @@ pub fn create(repo: &Repo, inviter: PeerId, addrs: Vec<String>, valid_ms: i64) -
     Ok(token)
 }
 
-/// Uses up the invitation with `secret` for device `by`: Ok if it was open
-/// and unexpired, or if `by` itself used it before (a join cut off after
-/// the membership was recorded is finished that way). The caller
-/// serializes calls (one serving process per repository).
+/// Checks the invitation with `secret` for device `by` and, if `spend`,
+/// uses it up: Ok if it was open and unexpired, or if `by` itself used it
+/// before (a join cut off after the membership was recorded is finished
+/// that way). The caller serializes calls (one serving process per
+/// repository).
 pub fn consume(
     repo: &Repo,
     secret: &[u8],
     by: &dbox_store::PeerId,
+    spend: bool,
 ) -> Result<std::result::Result<(), &'static str>> {
     let Ok(secret) = <[u8; 32]>::try_from(secret) else { return Ok(Err("malformed invitation")) };
     let hash = secret_hash(&secret);
@@ -217,6 +219,9 @@ pub fn consume(
     }
     if p.exp <= now {
         return Ok(Err("this invitation has expired; ask for a new one"));
+    }
+    if !spend {
+        return Ok(Ok(()));
     }
     p.used = true;
     p.by = Some(ByteBuf::from(by.as_bytes().to_vec()));

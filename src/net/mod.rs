@@ -68,17 +68,29 @@
 //! server little: one stream, a [`tls::PRE_AUTH_WINDOW`] connection window,
 //! a hello of at most [`wire::MAX_HELLO`], and [`ops::ADMIT_TIMEOUT`] from
 //! first packet to hello. At most [`ops::MAX_UNADMITTED`] such connections
-//! exist at once ([`ops::MAX_UNADMITTED_PER_IP`] per address); more are
-//! refused in the handshake. Admitted, a member gets full windows and 64
-//! streams; at most [`ops::MAX_CONNECTIONS`] members are connected at once.
-//! A session answers 16 `Get`s at a time (64 over the process) and runs one
-//! pull for announcements at a time (4 over the process). A pull takes at
-//! most one million versions. A client answers requests only from a server
-//! that is a member.
+//! wait at once ([`ops::MAX_UNADMITTED_PER_IP`] per IPv4 address or IPv6
+//! /64, more from there are refused in the handshake). Once a quarter of
+//! the places are taken, a newcomer must prove its address with a QUIC
+//! retry (no spoofed packets); when all are taken, the oldest waiting
+//! connection (at least a second old) is dropped for the newcomer. The
+//! membership list is re-read only when its file changes, so a stranger
+//! costs a `stat`, not thousands of signature checks.
+//!
+//! Admitted, a member gets full windows and 64 streams; at most
+//! [`ops::MAX_CONNECTIONS`] members are connected at once, each with at
+//! most [`ops::MAX_SESSIONS_PER_PEER`] sessions. A session answers 16
+//! `Get`s at a time (128 over the process) and runs one pull for
+//! announcements at a time (4 over the process); a request that waits 20 s
+//! for its turn is answered "busy". A pull takes at most one million
+//! versions. `Heads` and `Walk` re-read the version graph only when the
+//! versions log changed. A client answers requests only from a server that
+//! is a member.
 //!
 //! A pull holds the store's writer lock only while objects are being
-//! written, and gives it back after a flush every few seconds, so local
-//! commits are not locked out by a long or slow transfer.
+//! written: it gives it back after a flush every few seconds, and whenever
+//! nothing arrives for a second, so local commits are not locked out by a
+//! long or slow transfer. An announcer waits as long as the puller keeps
+//! taking objects, however slowly.
 
 pub mod invite;
 pub mod ops;

@@ -1,7 +1,8 @@
 //! What the commands do over the network: serve, push, pull, sync, clone;
 //! and moving a clean working tree forward after new versions arrive.
 
-use std::net::SocketAddr;
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -487,47 +488,114 @@ pub const MAX_UNADMITTED_PER_IP: usize = 8;
 /// Time from a connection's first packet to its hello being read.
 pub const ADMIT_TIMEOUT: Duration = CONNECT_TIMEOUT;
 
-/// Counts connections that are not yet admitted, in all and per address.
+/// With this many connections waiting to be admitted, a new client must
+/// first prove its address (a QUIC retry: one more round trip), so that
+/// spoofed packets cannot take places.
+const VALIDATE_FROM: usize = MAX_UNADMITTED / 4;
+/// When every place is taken, the oldest waiting connection of at least
+/// this age is dropped for a newcomer: holding places costs an attacker a
+/// steady stream of new handshakes, not one burst every ten seconds.
+const EVICT_AFTER: Duration = Duration::from_secs(1);
+
+/// Connections not yet admitted, in all and per address (IPv6 per /64).
 #[derive(Default)]
 struct Gate {
-    open: Mutex<(usize, std::collections::HashMap<std::net::IpAddr, usize>)>,
+    state: Mutex<GateState>,
 }
 
-/// One connection's place at the [`Gate`], given back when dropped.
+#[derive(Default)]
+struct GateState {
+    next: u64,
+    waiting: VecDeque<Waiting>,
+    per_addr: HashMap<IpAddr, usize>,
+}
+
+struct Waiting {
+    id: u64,
+    addr: IpAddr,
+    since: Instant,
+    evict: Arc<tokio::sync::Notify>,
+}
+
+/// One connection's place at the [`Gate`], given back when dropped;
+/// `evicted` fires if the place is taken for a newer connection.
 struct Ticket {
     gate: Arc<Gate>,
-    ip: std::net::IpAddr,
+    id: u64,
+    evicted: Arc<tokio::sync::Notify>,
+}
+
+/// The unit the per-address limit counts: an IPv4 address, or an IPv6 /64
+/// (one host usually has a whole /64).
+fn addr_unit(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
+        },
+        v4 => v4,
+    }
+}
+
+impl GateState {
+    fn remove(&mut self, i: usize) -> Option<Waiting> {
+        let w = self.waiting.remove(i)?;
+        if let Some(n) = self.per_addr.get_mut(&w.addr) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_addr.remove(&w.addr);
+            }
+        }
+        Some(w)
+    }
 }
 
 impl Gate {
-    fn enter(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<Ticket> {
-        let mut g = self.open.lock().ok()?;
-        let here = g.1.get(&ip).copied().unwrap_or(0);
-        if g.0 >= MAX_UNADMITTED || here >= MAX_UNADMITTED_PER_IP {
+    /// Whether a new client should prove its address first.
+    fn validating(&self) -> bool {
+        self.state.lock().map_or(true, |g| g.waiting.len() >= VALIDATE_FROM)
+    }
+
+    fn enter(self: &Arc<Self>, ip: IpAddr) -> Option<Ticket> {
+        let addr = addr_unit(ip);
+        let mut g = self.state.lock().ok()?;
+        if g.per_addr.get(&addr).copied().unwrap_or(0) >= MAX_UNADMITTED_PER_IP {
             return None;
         }
-        g.0 += 1;
-        g.1.insert(ip, here + 1);
-        Some(Ticket { gate: self.clone(), ip })
+        if g.waiting.len() >= MAX_UNADMITTED {
+            // The oldest is at the front.
+            if g.waiting.front().is_some_and(|w| w.since.elapsed() >= EVICT_AFTER) {
+                if let Some(old) = g.remove(0) {
+                    old.evict.notify_one();
+                }
+            } else {
+                return None;
+            }
+        }
+        g.next += 1;
+        let (id, evict) = (g.next, Arc::new(tokio::sync::Notify::new()));
+        g.waiting.push_back(Waiting { id, addr, since: Instant::now(), evict: evict.clone() });
+        *g.per_addr.entry(addr).or_insert(0) += 1;
+        Some(Ticket { gate: self.clone(), id, evicted: evict })
     }
 }
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        if let Ok(mut g) = self.gate.open.lock() {
-            g.0 = g.0.saturating_sub(1);
-            if let Some(n) = g.1.get_mut(&self.ip) {
-                *n -= 1;
-                if *n == 0 {
-                    g.1.remove(&self.ip);
-                }
+        if let Ok(mut g) = self.gate.state.lock() {
+            if let Some(i) = g.waiting.iter().position(|w| w.id == self.id) {
+                g.remove(i);
             }
         }
     }
 }
 
 struct ServeCtx {
-    root: PathBuf,
+    repo: Repo,
+    /// The membership as last read, and the members file's state then.
+    members: Mutex<Option<(Option<FileStamp>, Members)>>,
+    /// Sessions open per member.
+    sessions: Mutex<std::collections::HashMap<PeerId, usize>>,
     device: Arc<Device>,
     log: Log,
     invites: tokio::sync::Mutex<()>,
@@ -575,7 +643,9 @@ pub async fn serve(
         let _ = b.send(local);
     }
     let ctx = Arc::new(ServeCtx {
-        root: root.to_path_buf(),
+        repo: repo.clone(),
+        members: Mutex::new(None),
+        sessions: Mutex::new(std::collections::HashMap::new()),
         device,
         log: log.clone(),
         invites: tokio::sync::Mutex::new(()),
@@ -590,6 +660,10 @@ pub async fn serve(
             inc = endpoint.accept() => {
                 let Some(inc) = inc else { break };
                 while tasks.try_join_next().is_some() {}
+                if !inc.remote_address_validated() && inc.may_retry() && gate.validating() {
+                    let _ = inc.retry();
+                    continue;
+                }
                 let Some(ticket) = gate.enter(inc.remote_address().ip()) else {
                     // Busy: the peer retries later; nothing is read from it.
                     inc.refuse();
@@ -618,6 +692,75 @@ pub async fn serve(
     let _ = std::fs::remove_file(serve_addr_path(&repo));
     log("stopped".into());
     Ok(())
+}
+
+/// Sessions one member may have open with a server at once.
+pub const MAX_SESSIONS_PER_PEER: usize = 4;
+
+/// One open session of a member, counted until dropped.
+struct SessionPlace<'a> {
+    ctx: &'a ServeCtx,
+    peer: PeerId,
+}
+
+impl Drop for SessionPlace<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.ctx.sessions.lock() {
+            if let Some(n) = s.get_mut(&self.peer) {
+                *n -= 1;
+                if *n == 0 {
+                    s.remove(&self.peer);
+                }
+            }
+        }
+    }
+}
+
+/// The state of a file: length, modification time, inode. The versions
+/// log is only appended to or replaced whole, the members file only
+/// replaced, so an equal stamp means equal content.
+pub(crate) type FileStamp = (u64, std::time::SystemTime, u64);
+
+/// The [`FileStamp`] of `path`, if it exists.
+pub(crate) fn file_stamp(path: &Path) -> Option<FileStamp> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.len(), m.modified().ok()?, m.ino()))
+}
+
+impl ServeCtx {
+    fn open_session(&self, peer: PeerId) -> Option<SessionPlace<'_>> {
+        let mut s = self.sessions.lock().ok()?;
+        let n = s.entry(peer).or_insert(0);
+        if *n >= MAX_SESSIONS_PER_PEER {
+            return None;
+        }
+        *n += 1;
+        Some(SessionPlace { ctx: self, peer })
+    }
+
+    /// The membership, re-read (and its signatures checked) only when the
+    /// members file changed: strangers cost a `stat`, not thousands of
+    /// signature checks.
+    async fn current_members(&self) -> Result<Members> {
+        let path = self.repo.dot_dir().join("members");
+        let stamp = file_stamp(&path);
+        if let Some((seen, m)) = self.members.lock().ok().and_then(|m| m.clone()) {
+            if stamp.is_some() && stamp == seen {
+                return Ok(m);
+            }
+        }
+        let (repo, dev) = (self.repo.clone(), self.device.clone());
+        let (stamp, m) = blocking(move || {
+            let stamp = file_stamp(&path);
+            Ok((stamp, Members::load_or_found(&repo, &dev)?))
+        })
+        .await?;
+        if let Ok(mut slot) = self.members.lock() {
+            *slot = Some((stamp, m.clone()));
+        }
+        Ok(m)
+    }
 }
 
 /// Refuses a connection with a reason the client will show.
@@ -662,16 +805,15 @@ async fn handle(
     ticket: Ticket,
     ctx: &ServeCtx,
 ) -> Result<()> {
-    let (conn, peer, mut send, hello) = admission(inc, loopback).await?;
+    let (conn, peer, mut send, hello) = tokio::select! {
+        a = admission(inc, loopback) => a?,
+        _ = ticket.evicted.notified() => {
+            return Err(NetError::Refused("dropped before its hello: too many connections waiting".into()).into())
+        }
+    };
     let who = format!("{} at {}", format_peer_id(&peer), conn.remote_address());
-    let root = ctx.root.clone();
-    let dev = ctx.device.clone();
-    let (repo, mut members) = blocking(move || {
-        let repo = Repo::open(&root)?;
-        let m = Members::load_or_found(&repo, &dev)?;
-        Ok((repo, m))
-    })
-    .await?;
+    let repo = ctx.repo.clone();
+    let mut members = ctx.current_members().await?;
     if hello.proto != PROTOCOL {
         return Err(refuse(
             &conn,
@@ -695,16 +837,30 @@ async fn handle(
         .await
         .into());
     };
+    let Some(_session) = ctx.open_session(peer) else {
+        return Err(refuse(
+            &conn,
+            &mut send,
+            format!("this device has {MAX_SESSIONS_PER_PEER} sessions open here already; try again later"),
+        )
+        .await
+        .into());
+    };
     let mut key = None;
     if let Some(secret) = &hello.join {
         let _one_at_a_time = ctx.invites.lock().await;
         let (repo2, dev2, secret) = (repo.clone(), ctx.device.clone(), secret.to_vec());
         let verdict = blocking(move || {
             let mut m = Members::load_or_found(&repo2, &dev2)?;
-            match invite::consume(&repo2, &secret, &peer)? {
-                // A member already (a join cut off after it was recorded,
-                // or a second folder on the same device): it gets the key.
-                Ok(()) if m.contains(&peer) => Ok((Ok(false), m)),
+            let member = m.contains(&peer);
+            if !member && m.len() >= crate::members::MAX_MEMBERS {
+                return Ok((Err("the repository has as many members as it can have"), m));
+            }
+            // A member already (a join cut off after it was recorded, or a
+            // second folder on the same device) gets the key and leaves the
+            // invitation for the device it was made for.
+            match invite::consume(&repo2, &secret, &peer, !member)? {
+                Ok(()) if member => Ok((Ok(false), m)),
                 Ok(()) => {
                     m.add(&repo2, &dev2, peer)?;
                     Ok((Ok(true), m))

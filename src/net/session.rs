@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use serde_bytes::ByteBuf;
 use tokio::task::JoinSet;
 
+use super::ops::{file_stamp, FileStamp};
 use super::wire::{
     self, ids_to_wire, objects_from_wire, read_msg, read_object, versions_from_wire, write_msg, Request,
     Response, Taken, MAX_GET, MAX_HEADS, MAX_WALK,
@@ -34,7 +35,7 @@ const STORE_QUEUE: usize = 16;
 /// First `Walk` limit; it doubles each round.
 const FIRST_WALK: u32 = 64;
 /// Most versions one pull takes (bounds the memory a peer can make a
-/// pull use: about 100 MiB of ids and parents).
+/// negotiation use: a set of ids, about 64 MiB).
 const MAX_PULL_VERSIONS: usize = 1_000_000;
 /// Most bytes of versions one pull holds in memory.
 const MAX_PULL_VERSION_BYTES: usize = 512 << 20;
@@ -47,7 +48,19 @@ const MAX_KNOWN_TREES: usize = 1_000_000;
 const SERVING_GETS_PER_SESSION: usize = 16;
 /// `Get` requests this process answers at once, over all sessions (each
 /// holds a reading thread).
-static SERVING_GETS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(64);
+static SERVING_GETS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(128);
+/// Longest wait for a turn at a limited resource before the request is
+/// answered "busy" (well within the asker's own timeout).
+const TURN_WAIT: Duration = Duration::from_secs(20);
+
+/// A turn at `sem`, or the reason there is none.
+async fn turn(sem: &tokio::sync::Semaphore) -> std::result::Result<tokio::sync::SemaphorePermit<'_>, String> {
+    match tokio::time::timeout(TURN_WAIT, sem.acquire()).await {
+        Ok(Ok(p)) => Ok(p),
+        Ok(Err(_)) => Err("the server is shutting down".into()),
+        Err(_) => Err("the server is busy with other requests; try again later".into()),
+    }
+}
 /// Pulls this process runs at once for announcements, over all sessions.
 static ANNOUNCED_PULLS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
 
@@ -73,7 +86,7 @@ pub struct Session {
     peer: PeerId,
     repo: Repo,
     members: Mutex<Members>,
-    graph: Mutex<Option<Arc<Graph>>>,
+    graph: Mutex<Option<(Option<FileStamp>, Arc<Graph>)>>,
     served: AtomicU64,
     gets: tokio::sync::Semaphore,
     pulling: tokio::sync::Mutex<()>,
@@ -143,21 +156,26 @@ impl Session {
         self.members.lock().map(|m| m.clone()).unwrap_or_default()
     }
 
+    /// The version graph; `fresh` re-reads it if the versions log changed
+    /// since it was last read (so repeated requests cost a `stat`).
     async fn graph(&self, fresh: bool) -> Result<Arc<Graph>> {
-        if !fresh {
-            if let Some(g) = self.graph.lock().ok().and_then(|g| g.clone()) {
+        let log = self.repo.dot_dir().join("versions");
+        let stamp = fresh.then(|| file_stamp(&log));
+        if let Some((seen, g)) = self.graph.lock().ok().and_then(|g| g.clone()) {
+            if !fresh || (stamp.is_some_and(|s| s.is_some()) && stamp == Some(seen)) {
                 return Ok(g);
             }
         }
         let repo = self.repo.clone();
-        let g = blocking(move || {
+        let (stamp, g) = blocking(move || {
+            let stamp = file_stamp(&log);
             repo.store().refresh()?;
-            repo.graph()
+            Ok((stamp, repo.graph()?))
         })
         .await?;
         let g = Arc::new(g);
         if let Ok(mut slot) = self.graph.lock() {
-            *slot = Some(g.clone());
+            *slot = Some((stamp, g.clone()));
         }
         Ok(g)
     }
@@ -303,6 +321,7 @@ impl Session {
     ) -> Result<()> {
         let req: Request = read_msg(&mut recv, "a request").await?;
         self.served.fetch_add(1, Ordering::Relaxed);
+        let mut advance = false;
         let reply = match req {
             Request::Heads => {
                 let g = self.graph(true).await?;
@@ -329,9 +348,8 @@ impl Session {
                     .into());
                 }
                 let ids = objects_from_wire(&ids)?;
-                let closed = || NetError::Local("the server is shutting down".into());
-                let _mine = self.gets.acquire().await.map_err(|_| closed())?;
-                let _ours = SERVING_GETS.acquire().await.map_err(|_| closed())?;
+                let _mine = turn(&self.gets).await.map_err(NetError::Local)?;
+                let _ours = turn(&SERVING_GETS).await.map_err(NetError::Local)?;
                 return self.send_objects(send, ids).await;
             }
             Request::Announce { heads } => {
@@ -341,31 +359,34 @@ impl Session {
                 } else if one_per_session.is_err() {
                     Response::Error("a pull from you is already running in this session".into())
                 } else {
-                    let _turn = ANNOUNCED_PULLS
-                        .acquire()
-                        .await
-                        .map_err(|_| NetError::Local("the server is shutting down".into()))?;
-                    match self.pull().await {
-                        Ok(t) => {
-                            if t.versions > 0 {
-                                (self.log)(format!(
-                                    "{}: took {} version(s), {} object(s), {} bytes",
-                                    crate::identity::format_peer_id(&self.peer),
-                                    t.versions,
-                                    t.objects,
-                                    t.bytes
-                                ));
-                                self.after_pull().await;
+                    match turn(&ANNOUNCED_PULLS).await {
+                        Err(busy) => Response::Error(busy),
+                        Ok(_turn) => match self.pull().await {
+                            Ok(t) => {
+                                if t.versions > 0 {
+                                    (self.log)(format!(
+                                        "{}: took {} version(s), {} object(s), {} bytes",
+                                        crate::identity::format_peer_id(&self.peer),
+                                        t.versions,
+                                        t.objects,
+                                        t.bytes
+                                    ));
+                                    advance = true;
+                                }
+                                Response::Announced(t)
                             }
-                            Response::Announced(t)
-                        }
-                        Err(e) => Response::Error(dbox_store::error::chain(&e)),
+                            Err(e) => Response::Error(dbox_store::error::chain(&e)),
+                        },
                     }
                 }
             }
         };
         write_msg(&mut send, &reply).await?;
         let _ = send.finish();
+        // The announcer has its answer; the working tree here moves after.
+        if advance {
+            self.after_pull().await;
+        }
         Ok(())
     }
 
@@ -402,6 +423,8 @@ impl Session {
         });
         while let Some((id, b)) = rx.recv().await {
             wire::write_object(&mut send, &id, b.as_deref()).await?;
+            // Progress for an announcer waiting on our pull of its objects.
+            self.served.fetch_add(1, Ordering::Relaxed);
         }
         let _ = reader.await;
         let _ = send.finish();
@@ -422,7 +445,7 @@ impl Session {
         // Negotiation: walk the peer's graph down to what we have. The
         // frontier (parents named but neither held nor yet walked) is kept
         // up to date as answers arrive, so each answer costs its own size.
-        let mut lacking: HashMap<VersionId, Vec<VersionId>> = HashMap::new();
+        let mut lacking: HashSet<VersionId> = HashSet::new();
         let mut frontier: HashSet<VersionId> = missing_heads.into_iter().collect();
         let mut limit = FIRST_WALK;
         while !frontier.is_empty() {
@@ -434,16 +457,15 @@ impl Session {
                 );
             }
             for (v, parents) in answer {
-                if local.contains(&v) || lacking.contains_key(&v) {
+                if local.contains(&v) || !lacking.insert(v) {
                     continue;
                 }
                 frontier.remove(&v);
                 for p in &parents {
-                    if !local.contains(p) && !lacking.contains_key(p) {
+                    if !local.contains(p) && !lacking.contains(p) {
                         frontier.insert(*p);
                     }
                 }
-                lacking.insert(v, parents);
             }
             if lacking.len() + frontier.len() > MAX_PULL_VERSIONS {
                 return Err(NetError::Protocol(format!(
@@ -458,7 +480,8 @@ impl Session {
         let members = self.members_snapshot();
         let keys = self.repo.store().keys().clone();
         let repo_id = self.repo.store().repo_id();
-        let ids: Vec<ObjectId> = lacking.keys().map(|v| ObjectId::from(*v)).collect();
+        let ids: Vec<ObjectId> = lacking.iter().map(|v| ObjectId::from(*v)).collect();
+        drop(lacking);
         let mut versions: HashMap<VersionId, (SignedVersion, VersionInfo)> = HashMap::new();
         let mut held = 0usize;
         for batch in ids.chunks(MAX_GET) {
@@ -513,11 +536,12 @@ impl Session {
         let storer = {
             let store = self.repo.store().clone();
             let progress = self.progress.clone();
-            std::thread::spawn(move || store_loop(&store, rx, &progress))
+            let handle = tokio::runtime::Handle::current();
+            tokio::task::spawn_blocking(move || store_loop(&store, rx, &progress, &handle))
         };
         let fetched = self.fetch_content(&versions, &local, &tx).await;
         drop(tx);
-        let stored = storer.join().map_err(|_| RepoError::Usage("the storing thread panicked".into()))?;
+        let stored = storer.await.map_err(|_| RepoError::Usage("the storing thread panicked".into()))?;
         let taken_objects = stored?;
         fetched?;
 
@@ -729,35 +753,56 @@ struct Held {
 /// Writes received objects; flushes every [`FLUSH_EVERY`] bytes and at
 /// the end, also when the transfer failed, so that what arrived is kept.
 ///
-/// The writer lock is taken only while objects arrive and given back
+/// The writer lock is taken only while objects arrive: it is given back
 /// after a flush once it has been held [`LOCK_SLICE`] (at the latest after
-/// [`LOCK_SLICE_MAX`]), so that a `dbox commit` waiting for it gets in even
-/// while a long transfer runs.
+/// [`LOCK_SLICE_MAX`]), and whenever nothing arrives for [`LOCK_IDLE`], so
+/// that a `dbox commit` waiting for it gets in even while a long or slow
+/// transfer runs. The first error ends the loop (the senders then stop).
 fn store_loop(
     store: &dbox_store::Store,
     mut rx: tokio::sync::mpsc::Receiver<(ObjectId, Vec<u8>)>,
     progress: &Progress,
+    rt: &tokio::runtime::Handle,
 ) -> Result<(u64, u64)> {
     let (mut objects, mut bytes) = (0u64, 0u64);
     let mut held: Option<Held> = None;
     let mut result: Result<()> = Ok(());
-    while let Some((id, b)) = rx.blocking_recv() {
-        if result.is_err() {
-            continue;
+    loop {
+        let next = match &held {
+            None => rx.blocking_recv(),
+            Some(_) => match rt.block_on(async { tokio::time::timeout(LOCK_IDLE, rx.recv()).await }) {
+                Ok(next) => next,
+                Err(_) => {
+                    // Nothing for a while: make what arrived durable and let others in.
+                    if let Some(h) = held.take() {
+                        if let Err(e) = h.writer.flush() {
+                            result = Err(e.into());
+                            break;
+                        }
+                    }
+                    continue;
+                }
+            },
+        };
+        let Some((id, b)) = next else { break };
+        if let Err(e) = store_one(store, &mut held, &id, &b) {
+            result = Err(e);
+            break;
         }
-        result = store_one(store, &mut held, &id, &b);
-        if result.is_ok() {
-            objects += 1;
-            bytes += b.len() as u64;
-            progress.objects.fetch_add(1, Ordering::Relaxed);
-            progress.bytes.fetch_add(b.len() as u64, Ordering::Relaxed);
-        }
+        objects += 1;
+        bytes += b.len() as u64;
+        progress.objects.fetch_add(1, Ordering::Relaxed);
+        progress.bytes.fetch_add(b.len() as u64, Ordering::Relaxed);
     }
+    drop(rx);
     let flushed = held.map_or(Ok(()), |h| h.writer.flush());
     result?;
     flushed?;
     Ok((objects, bytes))
 }
+
+/// Nothing arrived for this long: the storing thread flushes and lets others have the lock.
+const LOCK_IDLE: Duration = Duration::from_secs(1);
 
 /// Held this long, the storing thread lets others have the lock at its next flush.
 const LOCK_SLICE: Duration = Duration::from_secs(5);

@@ -34,7 +34,7 @@ const MAX_STREAMS: u32 = 64;
 /// Connection window of a server towards a client that has not yet been
 /// admitted: enough for the hello, small enough that many strangers cost
 /// little memory.
-pub const PRE_AUTH_WINDOW: u32 = 1 << 20;
+pub const PRE_AUTH_WINDOW: u32 = (1 << 20) + (64 << 10);
 
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())

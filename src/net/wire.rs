@@ -16,9 +16,10 @@ use dbox_store::{ObjectId, VersionId};
 /// Largest control message.
 pub const MAX_MESSAGE: usize = 4 << 20;
 /// Largest [`Hello`]: it arrives before the client is known, within the
-/// small pre-admission window ([`super::tls::PRE_AUTH_WINDOW`]). About 2,000
-/// membership records fit.
-pub const MAX_HELLO: usize = 512 << 10;
+/// small pre-admission window ([`super::tls::PRE_AUTH_WINDOW`]). The
+/// records of the most members a repository can have
+/// ([`crate::members::MAX_MEMBERS`], about 210 bytes each) fit.
+pub const MAX_HELLO: usize = 1 << 20;
 /// Most pairs in one `Walk` answer.
 pub const MAX_WALK: u32 = 16_384;
 /// Most ids in one `Get`.
@@ -212,4 +213,33 @@ pub async fn read_object(
         }
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::members::{Record, MAX_MEMBERS};
+
+    #[test]
+    fn a_hello_with_the_most_members_fits_the_limit() {
+        let repo = dbox_store::RepoId([1; 32]);
+        let key = ed25519_dalek::SigningKey::from_bytes(&[2; 32]);
+        let members = (0..MAX_MEMBERS)
+            .map(|i| {
+                let mut m = [0u8; 32];
+                m[..8].copy_from_slice(&(i as u64).to_be_bytes());
+                let r = Record::sign(repo, dbox_store::PeerId(m), &key, i64::MAX);
+                ByteBuf::from(r.as_bytes().to_vec())
+            })
+            .collect();
+        let hello = Hello {
+            proto: 1,
+            repo: ByteBuf::from(vec![1; 32]),
+            join: Some(ByteBuf::from(vec![3; 32])),
+            members,
+        };
+        let len = dbox_store::cbor::encode(&hello).len();
+        assert!(len + 4 <= MAX_HELLO, "{len}");
+        assert!(len + 4 <= super::super::tls::PRE_AUTH_WINDOW as usize, "{len}");
+    }
 }
