@@ -60,8 +60,9 @@
 //! Control messages are at most [`wire::MAX_MESSAGE`] bytes, objects at
 //! most [`dbox_store::limits::MAX_OBJECT_SIZE`]; a `Walk` returns at most
 //! [`wire::MAX_WALK`] pairs, a `Get` asks for at most [`wire::MAX_GET`]
-//! objects. Every read and write of a message or object has a timeout
-//! ([`REQUEST_TIMEOUT`]): a peer that stops reading is dropped. The
+//! objects. Every read and write has a timeout ([`REQUEST_TIMEOUT`]) that
+//! runs from the last progress, not from the start: a large object on a
+//! slow link is fine, a peer that stops reading or sending is dropped. The
 //! connection has an idle timeout ([`IDLE_TIMEOUT`]) and keep-alives.
 //!
 //! Before its hello is accepted, a client is a stranger and costs the
@@ -163,6 +164,15 @@ impl From<quinn::WriteError> for NetError {
     fn from(e: quinn::WriteError) -> Self {
         match e {
             quinn::WriteError::ConnectionLost(c) => c.into(),
+            e => NetError::Lost(e.to_string()),
+        }
+    }
+}
+
+impl From<quinn::ReadError> for NetError {
+    fn from(e: quinn::ReadError) -> Self {
+        match e {
+            quinn::ReadError::ConnectionLost(c) => c.into(),
             e => NetError::Lost(e.to_string()),
         }
     }

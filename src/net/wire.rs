@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
-use super::{timed, NetError, REQUEST_TIMEOUT};
+use super::{NetError, REQUEST_TIMEOUT};
 use dbox_store::limits::MAX_OBJECT_SIZE;
 use dbox_store::{ObjectId, VersionId};
 
@@ -134,7 +134,37 @@ pub async fn write_msg<T: Serialize>(s: &mut quinn::SendStream, m: &T) -> Result
     let mut frame = Vec::with_capacity(4 + body.len());
     frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
     frame.extend_from_slice(&body);
-    timed("the peer to take a message", REQUEST_TIMEOUT, async { Ok(s.write_all(&frame).await?) }).await
+    write_full(s, &frame, "the peer to take a message").await
+}
+
+/// Writes all of `buf`, failing only when the peer takes nothing for
+/// [`REQUEST_TIMEOUT`]: a slow link is fine, a peer that stopped reading
+/// is dropped.
+async fn write_full(s: &mut quinn::SendStream, buf: &[u8], what: &'static str) -> Result<(), NetError> {
+    let mut at = 0;
+    while at < buf.len() {
+        match tokio::time::timeout(REQUEST_TIMEOUT, s.write(&buf[at..])).await {
+            Ok(Ok(n)) => at += n,
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_) => return Err(NetError::Timeout(what)),
+        }
+    }
+    Ok(())
+}
+
+/// Fills `buf`, failing only when nothing arrives for [`REQUEST_TIMEOUT`]
+/// (so a large object on a slow link is fine).
+async fn read_full(r: &mut quinn::RecvStream, buf: &mut [u8], what: &'static str) -> Result<(), NetError> {
+    let mut at = 0;
+    while at < buf.len() {
+        match tokio::time::timeout(REQUEST_TIMEOUT, r.read(&mut buf[at..])).await {
+            Ok(Ok(Some(n))) => at += n,
+            Ok(Ok(None)) => return Err(NetError::Protocol(format!("{what}: cut short"))),
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_) => return Err(NetError::Timeout(what)),
+        }
+    }
+    Ok(())
 }
 
 /// Reads one control message, waiting at most [`REQUEST_TIMEOUT`].
@@ -146,24 +176,21 @@ pub async fn read_msg<T: DeserializeOwned>(
 }
 
 /// Reads one control message of at most `max` bytes, waiting at most
-/// [`REQUEST_TIMEOUT`].
+/// [`REQUEST_TIMEOUT`] for each piece of it.
 pub async fn read_msg_limited<T: DeserializeOwned>(
     r: &mut quinn::RecvStream,
     what: &'static str,
     max: usize,
 ) -> Result<T, NetError> {
-    timed(what, REQUEST_TIMEOUT, async {
-        let mut len = [0u8; 4];
-        r.read_exact(&mut len).await?;
-        let len = u32::from_be_bytes(len) as usize;
-        if len > max {
-            return Err(NetError::Protocol(format!("{what}: a message of {len} bytes is over the limit")));
-        }
-        let mut body = vec![0u8; len];
-        r.read_exact(&mut body).await?;
-        dbox_store::cbor::decode(what, &body, MAX_MESSAGE).map_err(|e| NetError::Protocol(e.to_string()))
-    })
-    .await
+    let mut len = [0u8; 4];
+    read_full(r, &mut len, what).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > max {
+        return Err(NetError::Protocol(format!("{what}: a message of {len} bytes is over the limit")));
+    }
+    let mut body = vec![0u8; len];
+    read_full(r, &mut body, what).await?;
+    dbox_store::cbor::decode(what, &body, MAX_MESSAGE).map_err(|e| NetError::Protocol(e.to_string()))
 }
 
 /// Writes one object frame (`None`: the sender lacks it).
@@ -178,14 +205,11 @@ pub async fn write_object(
     let len = bytes.map_or(0, <[u8]>::len) as u32;
     head[33..].copy_from_slice(&len.to_be_bytes());
     // A peer that stops reading is dropped rather than waited on forever.
-    timed("the peer to take an object", REQUEST_TIMEOUT, async {
-        s.write_all(&head).await?;
-        if let Some(b) = bytes {
-            s.write_all(b).await?;
-        }
-        Ok(())
-    })
-    .await
+    write_full(s, &head, "the peer to take an object").await?;
+    if let Some(b) = bytes {
+        write_full(s, b, "the peer to take an object").await?;
+    }
+    Ok(())
 }
 
 /// Reads one object frame: the id and the bytes if the sender had it.
@@ -195,24 +219,21 @@ pub async fn read_object(
     max_len: usize,
 ) -> Result<(ObjectId, Option<Vec<u8>>), NetError> {
     let max_len = max_len.min(MAX_OBJECT_SIZE);
-    timed("an object", REQUEST_TIMEOUT, async {
-        let mut head = [0u8; 37];
-        r.read_exact(&mut head).await?;
-        let mut id = [0u8; 32];
-        id.copy_from_slice(&head[1..33]);
-        let len = u32::from_be_bytes([head[33], head[34], head[35], head[36]]) as usize;
-        match head[0] {
-            0 if len == 0 => Ok((ObjectId(id), None)),
-            1 if len <= max_len => {
-                let mut b = vec![0u8; len];
-                r.read_exact(&mut b).await?;
-                Ok((ObjectId(id), Some(b)))
-            }
-            1 => Err(NetError::Protocol(format!("an object of {len} bytes is over the limit"))),
-            _ => Err(NetError::Protocol("a malformed object frame".into())),
+    let mut head = [0u8; 37];
+    read_full(r, &mut head, "an object").await?;
+    let mut id = [0u8; 32];
+    id.copy_from_slice(&head[1..33]);
+    let len = u32::from_be_bytes([head[33], head[34], head[35], head[36]]) as usize;
+    match head[0] {
+        0 if len == 0 => Ok((ObjectId(id), None)),
+        1 if len <= max_len => {
+            let mut b = vec![0u8; len];
+            read_full(r, &mut b, "an object").await?;
+            Ok((ObjectId(id), Some(b)))
         }
-    })
-    .await
+        1 => Err(NetError::Protocol(format!("an object of {len} bytes is over the limit"))),
+        _ => Err(NetError::Protocol("a malformed object frame".into())),
+    }
 }
 
 #[cfg(test)]
