@@ -808,7 +808,7 @@ async fn handle(
     let (conn, peer, mut send, hello) = tokio::select! {
         a = admission(inc, loopback) => a?,
         _ = ticket.evicted.notified() => {
-            return Err(NetError::Refused("dropped before its hello: too many connections waiting".into()).into())
+            return Err(NetError::Local("dropped before its hello: too many connections waiting".into()).into())
         }
     };
     let who = format!("{} at {}", format_peer_id(&peer), conn.remote_address());
