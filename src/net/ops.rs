@@ -907,3 +907,64 @@ async fn handle(
     (ctx.log)(format!("{who} disconnected"));
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_per_address_unit_is_an_ipv4_address_or_an_ipv6_slash_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa:bbbb:cccc:dddd".parse().unwrap_or(IpAddr::from([0u8; 4]));
+        let b: IpAddr = "2001:db8:1:2::7".parse().unwrap_or(IpAddr::from([0u8; 4]));
+        let c: IpAddr = "2001:db8:1:3::7".parse().unwrap_or(IpAddr::from([0u8; 4]));
+        assert_eq!(addr_unit(a), addr_unit(b));
+        assert_ne!(addr_unit(a), addr_unit(c));
+        let mapped: IpAddr = "::ffff:192.0.2.9".parse().unwrap_or(IpAddr::from([0u8; 4]));
+        assert_eq!(addr_unit(mapped), IpAddr::from([192, 0, 2, 9]));
+        assert_ne!(addr_unit(IpAddr::from([192, 0, 2, 9])), addr_unit(IpAddr::from([192, 0, 2, 10])));
+    }
+
+    #[test]
+    fn the_gate_limits_per_address_and_in_all_and_evicts_the_oldest() {
+        let gate = Arc::new(Gate::default());
+        let one = IpAddr::from([10, 0, 0, 1]);
+        let mut held: Vec<Ticket> = (0..MAX_UNADMITTED_PER_IP).filter_map(|_| gate.enter(one)).collect();
+        assert_eq!(held.len(), MAX_UNADMITTED_PER_IP);
+        assert!(gate.enter(one).is_none(), "one address is held to its share");
+        // A place given back can be taken again.
+        held.pop();
+        assert!(gate.enter(one).is_some_and(|t| {
+            held.push(t);
+            true
+        }));
+        // Fill every place from other addresses.
+        for i in 0.. {
+            if held.len() == MAX_UNADMITTED {
+                break;
+            }
+            let ip = IpAddr::from([10, 0, 1 + (i / 8) as u8, (i % 8) as u8]);
+            held.push(gate.enter(ip).expect("a free place"));
+        }
+        assert!(gate.validating(), "a full gate asks newcomers to prove their address");
+        let newcomer = IpAddr::from([10, 9, 9, 9]);
+        assert!(gate.enter(newcomer).is_none(), "nothing is evicted that is younger than a second");
+        std::thread::sleep(EVICT_AFTER + Duration::from_millis(100));
+        let oldest = held[0].evicted.clone();
+        let t = gate.enter(newcomer).expect("the oldest makes room");
+        // The evicted connection is told (the notification is kept until it listens).
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+        let told =
+            rt.block_on(async { tokio::time::timeout(Duration::from_secs(1), oldest.notified()).await });
+        assert!(told.is_ok(), "the evicted connection was not told");
+        // Dropping the evicted ticket later gives back no place: it has none.
+        assert_eq!(gate_len(&gate), MAX_UNADMITTED);
+        drop(held.remove(0));
+        assert_eq!(gate_len(&gate), MAX_UNADMITTED);
+        drop(t);
+        assert_eq!(gate_len(&gate), MAX_UNADMITTED - 1);
+    }
+
+    fn gate_len(g: &Gate) -> usize {
+        g.state.lock().map(|s| s.waiting.len()).unwrap_or(0)
+    }
+}
