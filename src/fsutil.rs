@@ -120,3 +120,61 @@ pub(crate) fn clip(s: &str, max: usize) -> &str {
     }
     &s[..end]
 }
+
+/// The state of a file: length, modification time, inode. Files under
+/// `.dbox/` are only appended to or replaced whole (a new inode), so an
+/// equal stamp means equal content.
+pub(crate) type FileStamp = (u64, std::time::SystemTime, u64);
+
+/// The [`FileStamp`] of `path`, if it exists.
+pub(crate) fn file_stamp(path: &Path) -> Option<FileStamp> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.len(), m.modified().ok()?, m.ino()))
+}
+
+/// A value read from one file, kept until that file changes: repeated
+/// requests cost a `stat`, not a re-read.
+pub(crate) struct Kept<T> {
+    path: std::path::PathBuf,
+    slot: std::sync::Mutex<Option<(Option<FileStamp>, T)>>,
+}
+
+impl<T: Clone> Kept<T> {
+    /// Nothing kept yet for `path`.
+    pub(crate) fn new(path: std::path::PathBuf) -> Self {
+        Self { path, slot: std::sync::Mutex::new(None) }
+    }
+
+    /// The kept value, whether or not the file changed since.
+    pub(crate) fn any(&self) -> Option<T> {
+        self.slot.lock().ok()?.as_ref().map(|(_, v)| v.clone())
+    }
+
+    /// The kept value if the file is unchanged since it was read.
+    pub(crate) fn current(&self) -> Option<T> {
+        let now = file_stamp(&self.path)?;
+        let slot = self.slot.lock().ok()?;
+        slot.as_ref().filter(|(seen, _)| *seen == Some(now)).map(|(_, v)| v.clone())
+    }
+
+    /// The file. Take its [`file_stamp`] before reading it, and hand that
+    /// to [`Kept::keep`] with what was read.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Keeps `value`, read from the file when it had `stamp`.
+    pub(crate) fn keep(&self, stamp: Option<FileStamp>, value: T) {
+        if let Ok(mut slot) = self.slot.lock() {
+            *slot = Some((stamp, value));
+        }
+    }
+
+    /// Forgets the kept value.
+    pub(crate) fn forget(&self) {
+        if let Ok(mut slot) = self.slot.lock() {
+            *slot = None;
+        }
+    }
+}

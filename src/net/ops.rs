@@ -15,6 +15,7 @@ use super::tls::{self, Identity};
 use super::wire::{read_msg, read_msg_limited, write_msg, Hello, Taken, Welcome, MAX_HELLO};
 use super::{invite, timed, NetError, CONNECT_TIMEOUT, PROTOCOL};
 use crate::error::{RepoError, Result};
+use crate::fsutil::{file_stamp, Kept};
 use crate::identity::{format_peer_id, Device};
 use crate::members::Members;
 use crate::peers::{Book, Peer, Target};
@@ -537,15 +538,20 @@ fn addr_unit(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// Takes one from `key`'s count, dropping the key at zero.
+fn count_down<K: std::hash::Hash + Eq>(counts: &mut HashMap<K, usize>, key: &K) {
+    if let Some(n) = counts.get_mut(key) {
+        *n -= 1;
+        if *n == 0 {
+            counts.remove(key);
+        }
+    }
+}
+
 impl GateState {
     fn remove(&mut self, i: usize) -> Option<Waiting> {
         let w = self.waiting.remove(i)?;
-        if let Some(n) = self.per_addr.get_mut(&w.addr) {
-            *n -= 1;
-            if *n == 0 {
-                self.per_addr.remove(&w.addr);
-            }
-        }
+        count_down(&mut self.per_addr, &w.addr);
         Some(w)
     }
 }
@@ -592,10 +598,10 @@ impl Drop for Ticket {
 
 struct ServeCtx {
     repo: Repo,
-    /// The membership as last read, and the members file's state then.
-    members: Mutex<Option<(Option<FileStamp>, Members)>>,
+    /// The membership as last read.
+    members: Kept<Members>,
     /// Sessions open per member.
-    sessions: Mutex<std::collections::HashMap<PeerId, usize>>,
+    sessions: Mutex<HashMap<PeerId, usize>>,
     device: Arc<Device>,
     log: Log,
     invites: tokio::sync::Mutex<()>,
@@ -644,8 +650,8 @@ pub async fn serve(
     }
     let ctx = Arc::new(ServeCtx {
         repo: repo.clone(),
-        members: Mutex::new(None),
-        sessions: Mutex::new(std::collections::HashMap::new()),
+        members: Kept::new(repo.dot_dir().join("members")),
+        sessions: Mutex::new(HashMap::new()),
         device,
         log: log.clone(),
         invites: tokio::sync::Mutex::new(()),
@@ -706,26 +712,9 @@ struct SessionPlace<'a> {
 impl Drop for SessionPlace<'_> {
     fn drop(&mut self) {
         if let Ok(mut s) = self.ctx.sessions.lock() {
-            if let Some(n) = s.get_mut(&self.peer) {
-                *n -= 1;
-                if *n == 0 {
-                    s.remove(&self.peer);
-                }
-            }
+            count_down(&mut s, &self.peer);
         }
     }
-}
-
-/// The state of a file: length, modification time, inode. The versions
-/// log is only appended to or replaced whole, the members file only
-/// replaced, so an equal stamp means equal content.
-pub(crate) type FileStamp = (u64, std::time::SystemTime, u64);
-
-/// The [`FileStamp`] of `path`, if it exists.
-pub(crate) fn file_stamp(path: &Path) -> Option<FileStamp> {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(path).ok()?;
-    Some((m.len(), m.modified().ok()?, m.ino()))
 }
 
 impl ServeCtx {
@@ -743,22 +732,16 @@ impl ServeCtx {
     /// members file changed: strangers cost a `stat`, not thousands of
     /// signature checks.
     async fn current_members(&self) -> Result<Members> {
-        let path = self.repo.dot_dir().join("members");
-        let stamp = file_stamp(&path);
-        if let Some((seen, m)) = self.members.lock().ok().and_then(|m| m.clone()) {
-            if stamp.is_some() && stamp == seen {
-                return Ok(m);
-            }
+        if let Some(m) = self.members.current() {
+            return Ok(m);
         }
-        let (repo, dev) = (self.repo.clone(), self.device.clone());
+        let (repo, dev, path) = (self.repo.clone(), self.device.clone(), self.members.path().to_path_buf());
         let (stamp, m) = blocking(move || {
             let stamp = file_stamp(&path);
             Ok((stamp, Members::load_or_found(&repo, &dev)?))
         })
         .await?;
-        if let Ok(mut slot) = self.members.lock() {
-            *slot = Some((stamp, m.clone()));
-        }
+        self.members.keep(stamp, m.clone());
         Ok(m)
     }
 }

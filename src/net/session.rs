@@ -9,13 +9,13 @@ use std::time::{Duration, Instant};
 use serde_bytes::ByteBuf;
 use tokio::task::JoinSet;
 
-use super::ops::{file_stamp, FileStamp};
 use super::wire::{
     self, ids_to_wire, objects_from_wire, read_msg, read_object, versions_from_wire, write_msg, Request,
     Response, Taken, MAX_GET, MAX_HEADS, MAX_WALK,
 };
 use super::{NetError, REQUEST_TIMEOUT};
 use crate::error::{RepoError, Result};
+use crate::fsutil::{file_stamp, Kept};
 use crate::graph::Graph;
 use crate::members::Members;
 use crate::repo::{Repo, LOCK_WAIT};
@@ -49,6 +49,8 @@ const SERVING_GETS_PER_SESSION: usize = 16;
 /// `Get` requests this process answers at once, over all sessions (each
 /// holds a reading thread).
 static SERVING_GETS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(128);
+/// Pulls this process runs at once for announcements, over all sessions.
+static ANNOUNCED_PULLS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
 /// Longest wait for a turn at a limited resource before the request is
 /// answered "busy" (well within the asker's own timeout).
 const TURN_WAIT: Duration = Duration::from_secs(20);
@@ -61,8 +63,6 @@ async fn turn(sem: &tokio::sync::Semaphore) -> std::result::Result<tokio::sync::
         Err(_) => Err("the server is busy with other requests; try again later".into()),
     }
 }
-/// Pulls this process runs at once for announcements, over all sessions.
-static ANNOUNCED_PULLS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
 
 /// Where log lines of a serving process go.
 pub type Log = Arc<dyn Fn(String) + Send + Sync>;
@@ -86,7 +86,7 @@ pub struct Session {
     peer: PeerId,
     repo: Repo,
     members: Mutex<Members>,
-    graph: Mutex<Option<(Option<FileStamp>, Arc<Graph>)>>,
+    graph: Kept<Arc<Graph>>,
     served: AtomicU64,
     gets: tokio::sync::Semaphore,
     pulling: tokio::sync::Mutex<()>,
@@ -108,12 +108,13 @@ impl Session {
         log: Log,
         endpoint: Option<quinn::Endpoint>,
     ) -> Arc<Self> {
+        let versions_log = repo.dot_dir().join("versions");
         Arc::new(Self {
             conn,
             peer,
             repo,
             members: Mutex::new(members),
-            graph: Mutex::new(None),
+            graph: Kept::new(versions_log),
             served: AtomicU64::new(0),
             gets: tokio::sync::Semaphore::new(SERVING_GETS_PER_SESSION),
             pulling: tokio::sync::Mutex::new(()),
@@ -159,24 +160,18 @@ impl Session {
     /// The version graph; `fresh` re-reads it if the versions log changed
     /// since it was last read (so repeated requests cost a `stat`).
     async fn graph(&self, fresh: bool) -> Result<Arc<Graph>> {
-        let log = self.repo.dot_dir().join("versions");
-        let stamp = fresh.then(|| file_stamp(&log));
-        if let Some((seen, g)) = self.graph.lock().ok().and_then(|g| g.clone()) {
-            if !fresh || (stamp.is_some_and(|s| s.is_some()) && stamp == Some(seen)) {
-                return Ok(g);
-            }
+        let kept = if fresh { self.graph.current() } else { self.graph.any() };
+        if let Some(g) = kept {
+            return Ok(g);
         }
-        let repo = self.repo.clone();
+        let (repo, log) = (self.repo.clone(), self.graph.path().to_path_buf());
         let (stamp, g) = blocking(move || {
             let stamp = file_stamp(&log);
             repo.store().refresh()?;
-            Ok((stamp, repo.graph()?))
+            Ok((stamp, Arc::new(repo.graph()?)))
         })
         .await?;
-        let g = Arc::new(g);
-        if let Ok(mut slot) = self.graph.lock() {
-            *slot = Some((stamp, g.clone()));
-        }
+        self.graph.keep(stamp, g.clone());
         Ok(g)
     }
 
@@ -565,9 +560,7 @@ impl Session {
             Ok(fresh.len() as u64)
         })
         .await?;
-        if let Ok(mut g) = self.graph.lock() {
-            *g = None;
-        }
+        self.graph.forget();
         Ok(Taken { versions: n, objects: taken_objects.0, bytes: taken_objects.1 })
     }
 
