@@ -22,7 +22,8 @@ use dbox::identity::{parse_peer_id, Device};
 use dbox::members::Record;
 use dbox::net::tls::{self, Identity};
 use dbox::net::wire::{
-    id_from_wire, ids_to_wire, read_msg, write_msg, write_object, Hello, Request, Response, Welcome,
+    id_from_wire, ids_to_wire, read_msg, write_delta, write_msg, write_object, Hello, Request, Response,
+    Welcome,
 };
 use dbox::net::{NetError, PROTOCOL};
 use dbox::store::{ObjectId, PeerId, RepoId, SignedVersion, VersionBody, VersionId, VersionInfo};
@@ -312,7 +313,7 @@ fn answer_from(conn: quinn::Connection, fake: Arc<Fake>) -> tokio::task::JoinHan
                             };
                             write_msg(&mut send, &Response::Walk(pairs)).await
                         }
-                        Request::Get { ids } => {
+                        Request::Get { ids, .. } => {
                             for id in ids {
                                 let id = id_from_wire(&id)?;
                                 let b = f.objects.get(&id).cloned().flatten();
@@ -1040,14 +1041,34 @@ fn a_member_does_not_sync_with_a_server_that_is_not_a_member() -> TestResult {
 
 // ---- Slow members, long local commits, crowds -------------------------------
 
-/// Answers `repo`'s requests like a member would, but from the third `Get`
-/// on holds each object for `delay` first: a slow or stalling pusher.
-fn serve_repo_slowly(conn: quinn::Connection, repo: Repo, delay: Duration) -> tokio::task::JoinHandle<()> {
+/// How [`serve_repo`] answers `Get`s.
+#[derive(Clone, Copy)]
+enum Serving {
+    /// From the third `Get` on, holds each object this long first: a slow
+    /// or stalling pusher.
+    Slowly(Duration),
+    /// Answers every object offered with a base by a delta that does not
+    /// give the object: alternately a well-formed delta of the base itself,
+    /// and bytes that are no delta at all.
+    WrongDeltas,
+    /// Answers objects offered without a base by a delta nobody asked for.
+    UnaskedDeltas,
+}
+
+/// Answers `repo`'s requests like a member would, except for `Get`s
+/// ([`Serving`]). `whole` counts the objects asked for without a base.
+fn serve_repo(
+    conn: quinn::Connection,
+    repo: Repo,
+    serving: Serving,
+    whole: Arc<std::sync::atomic::AtomicUsize>,
+) -> tokio::task::JoinHandle<()> {
     let gets = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     tokio::spawn(async move {
         while let Ok((mut send, mut recv)) = conn.accept_bi().await {
             let repo = repo.clone();
             let gets = gets.clone();
+            let whole = whole.clone();
             tokio::spawn(async move {
                 let Ok(req) = read_msg::<Request>(&mut recv, "a request").await else { return };
                 let g = match repo.graph() {
@@ -1081,15 +1102,44 @@ fn serve_repo_slowly(conn: quinn::Connection, repo: Repo, delay: Duration) -> to
                             }
                             write_msg(&mut send, &Response::Walk(out)).await
                         }
-                        Request::Get { ids } => {
+                        Request::Get { ids, bases } => {
                             let n = gets.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                            for id in ids {
-                                let id = id_from_wire(&id)?;
-                                if n >= 2 {
-                                    tokio::time::sleep(delay).await;
+                            for (i, id) in ids.iter().enumerate() {
+                                let id = ObjectId(id_from_wire(id)?);
+                                let base = match bases.get(i) {
+                                    Some(b) if !b.is_empty() => Some(ObjectId(id_from_wire(b)?)),
+                                    _ => None,
+                                };
+                                if base.is_none() {
+                                    whole.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                                 }
-                                let b = repo.store().try_get_raw(&ObjectId(id)).ok().flatten();
-                                write_object(&mut send, &ObjectId(id), b.as_deref()).await?;
+                                let b = repo.store().try_get_raw(&id).ok().flatten();
+                                match (serving, base, &b) {
+                                    (Serving::Slowly(delay), _, _) if n >= 2 => {
+                                        tokio::time::sleep(delay).await
+                                    }
+                                    (Serving::WrongDeltas, Some(base), Some(stored)) => {
+                                        let kind = dbox::store::ObjectKind::of_stored(stored)
+                                            .map_err(|e| NetError::Local(e.to_string()))?;
+                                        let old = repo
+                                            .store()
+                                            .get_payload(&base, kind)
+                                            .map_err(|e| NetError::Local(e.to_string()))?;
+                                        let delta = match i % 2 {
+                                            0 => dbox::store::delta::encode(&old, &old.clone())
+                                                .ok_or(NetError::Local("no delta".into()))?,
+                                            _ => vec![1, 2, 3, 4],
+                                        };
+                                        write_delta(&mut send, &id, &base, &delta).await?;
+                                        continue;
+                                    }
+                                    (Serving::UnaskedDeltas, None, Some(_)) => {
+                                        write_delta(&mut send, &id, &id, &[1, 0, 0, 0]).await?;
+                                        continue;
+                                    }
+                                    _ => {}
+                                }
+                                write_object(&mut send, &id, b.as_deref()).await?;
                             }
                             Ok(())
                         }
@@ -1102,6 +1152,78 @@ fn serve_repo_slowly(conn: quinn::Connection, repo: Repo, delay: Duration) -> to
             });
         }
     })
+}
+
+/// Connects as `b`, announces `b`'s head to the server `a` and answers the
+/// server's pull from `b`'s repository as `serving` says; returns the
+/// server's answer and how many objects it asked for without a base.
+fn push_served(p: &Pair, serving: Serving) -> R<(Response, usize)> {
+    let addr = p.server.sock()?;
+    let a_id = p.a.peer_id()?;
+    let rb = Repo::open(&p.rb)?;
+    let repo_id = rb.store().repo_id();
+    let head = rb.graph()?.heads()[0];
+    let key = p.b.device()?;
+    let whole = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let rt = runtime()?;
+    let answer = rt.block_on(async {
+        let (ep, conn) = raw_connect(key.signing_key(), a_id, addr, dbox::net::ALPN).await?;
+        match raw_hello(&conn, &hello(repo_id, None, Vec::new())).await? {
+            Welcome::Ok { .. } => {}
+            Welcome::Refused { reason } => return Err(format!("refused: {reason}").into()),
+        }
+        let responder = serve_repo(conn.clone(), rb.clone(), serving, whole.clone());
+        let (mut send, mut recv) = conn.open_bi().await?;
+        write_msg(&mut send, &Request::Announce { heads: ids_to_wire([head.0]) }).await?;
+        let _ = send.finish();
+        let r =
+            tokio::time::timeout(Duration::from_secs(60), read_msg::<Response>(&mut recv, "answer")).await;
+        responder.abort();
+        conn.close(0u32.into(), b"");
+        drop(ep);
+        Ok::<_, Box<dyn std::error::Error>>(r??)
+    })?;
+    Ok((answer, whole.load(std::sync::atomic::Ordering::SeqCst)))
+}
+
+/// A member whose deltas do not rebuild the objects asked for (well-formed
+/// deltas of the wrong content, and garbage) gets each such object asked
+/// for again whole; nothing wrong is stored, and the push completes.
+#[test]
+fn deltas_that_do_not_give_the_object_are_fetched_whole() -> TestResult {
+    let p = pair()?;
+    let mut data = std::fs::read(p.rb.join("data.bin"))?;
+    data.splice(150_000..150_000, common::bytes(4, 100));
+    write(&p.rb.join("data.bin"), &data)?;
+    write(&p.rb.join("notes/plan.md"), "one\ntwo\nthree\n")?;
+    p.b.ok(&p.rb, &["commit", "-m", "edits on b"])?;
+    let (answer, whole) = push_served(&p, Serving::WrongDeltas)?;
+    assert!(matches!(answer, Response::Announced(ref t) if t.versions == 1), "{answer:?}");
+    // The version and the two trees and one chunk offered with bases, all
+    // asked for again whole (the small text file's chunk has no base).
+    assert!(whole >= 4, "{whole} objects asked for whole");
+    p.a.ok(&p.ra, &["fsck", "--read-data"])?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read(p.ra.join("data.bin"))? != data {
+        assert!(Instant::now() < deadline, "the server's working tree did not move");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+/// A delta for an object that was offered no base is a protocol error:
+/// the pull fails and nothing becomes visible.
+#[test]
+fn a_delta_nobody_asked_for_is_refused() -> TestResult {
+    let p = pair()?;
+    write(&p.rb.join("fresh.bin"), common::bytes(8, 50_000))?;
+    p.b.ok(&p.rb, &["commit", "-m", "a new file on b"])?;
+    let before = version_count(&p.a, &p.ra)?;
+    let (answer, _) = push_served(&p, Serving::UnaskedDeltas)?;
+    expect_refusal("an unasked delta", Ok(answer), "was not offered")?;
+    assert_eq!(version_count(&p.a, &p.ra)?, before);
+    p.a.ok(&p.ra, &["fsck", "--read-data"])?;
+    Ok(())
 }
 
 /// A member's push that stalls between objects does not keep the server's
@@ -1132,7 +1254,12 @@ fn a_stalling_push_does_not_lock_out_local_commits() -> TestResult {
             Welcome::Ok { .. } => {}
             Welcome::Refused { reason } => return Err(format!("refused: {reason}").into()),
         }
-        let responder = serve_repo_slowly(conn.clone(), rb.clone(), Duration::from_secs(12));
+        let responder = serve_repo(
+            conn.clone(),
+            rb.clone(),
+            Serving::Slowly(Duration::from_secs(12)),
+            Default::default(),
+        );
         let (mut send, mut recv) = conn.open_bi().await?;
         write_msg(&mut send, &Request::Announce { heads: ids_to_wire([head.0]) }).await?;
         let _ = send.finish();

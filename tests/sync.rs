@@ -239,6 +239,65 @@ fn invite_clone_push_pull_and_the_working_tree_rules() -> TestResult {
     Ok(())
 }
 
+/// Inserts `patch` into the file at `path`, at `at` of its length.
+fn insert_into(path: &Path, at: f64, patch: &[u8]) -> std::io::Result<()> {
+    let mut data = std::fs::read(path)?;
+    let pos = (data.len() as f64 * at) as usize;
+    data.splice(pos..pos, patch.iter().copied());
+    write(path, data)
+}
+
+#[test]
+fn small_edits_travel_as_deltas_both_ways() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let (a, b) = (Dev::new(tmp.path(), "a")?, Dev::new(tmp.path(), "b")?);
+    let ra = tmp.path().join("a");
+    a.ok(tmp.path(), &["init", "a"])?;
+    // Random bytes do not compress: a changed chunk sent whole costs its size.
+    write(&ra.join("big.bin"), common::bytes(11, 5 << 20))?;
+    for i in 0..40u64 {
+        write(&ra.join(format!("docs/d{i:02}.bin")), common::bytes(100 + i, 150_000))?;
+    }
+    a.ok(&ra, &["commit", "-m", "first"])?;
+    let server = a.serve(&ra)?;
+    let tok = token(&a.ok(&ra, &["invite"])?);
+    let rb = tmp.path().join("b");
+    b.ok(tmp.path(), &["clone", &tok, "b"])?;
+
+    // a edits the middle of the large file and ten small ones.
+    insert_into(&ra.join("big.bin"), 0.5, &common::bytes(5, 100))?;
+    for i in 0..10 {
+        insert_into(&ra.join(format!("docs/d{i:02}.bin")), 0.3, &common::bytes(200 + i, 300))?;
+    }
+    a.ok(&ra, &["commit", "-m", "small edits"])?;
+    let j = json(&b.ok(&rb, &["pull", "origin", "--json"])?)?;
+    assert_eq!(j["pulled"]["versions"], 1, "{j}");
+    let wire =
+        j["wire"]["sent"].as_u64().unwrap_or(u64::MAX) + j["wire"]["received"].as_u64().unwrap_or(u64::MAX);
+    let stored = j["pulled"]["bytes"].as_u64().unwrap_or(0);
+    eprintln!("pull of small edits: {wire} bytes on the wire for {stored} bytes of new objects");
+    // Whole, the changed chunks alone are over 2.5 MB.
+    assert!(stored > 2_500_000, "{j}");
+    assert!(wire < 150_000, "{j}");
+    assert_eq!(common::snapshot(&ra)?, common::snapshot(&rb)?);
+    b.ok(&rb, &["fsck", "--read-data"])?;
+
+    // The other way: a push is the server pulling, with the same deltas.
+    insert_into(&rb.join("big.bin"), 0.2, &common::bytes(6, 100))?;
+    insert_into(&rb.join("docs/d30.bin"), 0.9, &common::bytes(7, 50))?;
+    b.ok(&rb, &["commit", "-m", "edit on b"])?;
+    let j = json(&b.ok(&rb, &["push", "origin", "--json"])?)?;
+    assert_eq!(j["pushed"]["versions"], 1, "{j}");
+    let wire =
+        j["wire"]["sent"].as_u64().unwrap_or(u64::MAX) + j["wire"]["received"].as_u64().unwrap_or(u64::MAX);
+    eprintln!("push of small edits: {wire} bytes on the wire");
+    assert!(wire < 100_000, "{j}");
+    a.ok(&ra, &["fsck", "--read-data"])?;
+    assert_eq!(std::fs::read(ra.join("big.bin"))?, std::fs::read(rb.join("big.bin"))?);
+    drop(server);
+    Ok(())
+}
+
 #[test]
 fn a_wrong_peer_id_or_a_dead_address_fails_clearly() -> TestResult {
     let tmp = tempfile::tempdir()?;

@@ -75,6 +75,14 @@ fn main() -> Result<()> {
     write("chunker", "zeros", &[&[9][..], &[0; 3000][..]].concat())?;
     write("chunker", "text", &[&[40][..], &text(2500)].concat())?;
 
+    // delta: [mode][at][base | delta or target], split at (mode >> 1) * 256 + at.
+    let base = text(600);
+    let mut target = base.clone();
+    target.splice(300..300, noise(40));
+    let d = dbox_store::delta::encode(&base, &target).ok_or("no delta")?;
+    write("delta", "decode", &[&[4, 88][..], &base, &d].concat())?;
+    write("delta", "round-trip", &[&[5, 88][..], &base, &target].concat())?;
+
     let info = VersionInfo::new("first version", 1_700_000_000_000, "host");
     let sealed_info = info.seal(keys, &repo)?;
     let body = VersionBody {
@@ -105,8 +113,8 @@ fn main() -> Result<()> {
     let mut b = PackBuilder::new(keys)?;
     b.push(ObjectId::of(&chunk), &chunk);
     b.push(ObjectId::of(&tree_obj), &tree_obj);
-    let (_, tail) = b.seal()?;
-    write("pack_header", "sealed", &[b.bytes(), &tail[..]].concat())?;
+    let tail = b.seal()?;
+    write("pack_header", "sealed", &dbox_store_fuzz::pack_bytes(&b, &tail))?;
     write("pack_header", "built", &[&[0x10, 5][..], b"hello", &[6], b"world!", &[0]].concat())?;
     let mut header = vec![0x11, 11, 0, 3, 2];
     header.extend_from_slice(&1u32.to_le_bytes());

@@ -24,7 +24,7 @@ use dbox_store::pack::{
     TRAILER_LEN,
 };
 use dbox_store::ObjectId;
-use dbox_store_fuzz::{forge, keys, Cursor, Mem};
+use dbox_store_fuzz::{forge, keys, pack_bytes, Cursor, Mem};
 use libfuzzer_sys::fuzz_target;
 
 fn read(file: &[u8]) -> Option<Vec<PackEntry>> {
@@ -52,8 +52,8 @@ fn built(c: &mut Cursor<'_>) {
         objects.push(stored);
         b.push(ObjectId::of(stored), stored);
     }
-    let (_, tail) = b.seal().expect("sealing memory");
-    let mut file = [b.bytes(), &tail[..]].concat();
+    let tail = b.seal().expect("sealing memory");
+    let mut file = pack_bytes(&b, &tail);
     assert_eq!(read(&file).as_deref(), Some(b.entries()), "a sealed pack reads back");
     let nonce = read_body_nonce(&Mem(file.clone())).expect("a sealed pack has a body nonce");
     for (e, stored) in b.entries().iter().zip(&objects) {

@@ -172,7 +172,7 @@ impl Forge {
         header.extend_from_slice(&[1; 32]);
         header.extend_from_slice(&(BODY_START as u64).to_le_bytes());
         header.extend_from_slice(&6u32.to_le_bytes());
-        let file = f.pack_file(b.bytes(), &header, 5, None);
+        let file = f.pack_file(&pack_bytes(&b, &[]), &header, 5, None);
         let read = dbox_store::pack::read_header(&Mem(file.clone()), file.len() as u64, keys());
         assert_eq!(read.ok().as_deref(), Some(b.entries()), "forged pack header no longer reads");
         f
@@ -208,6 +208,18 @@ impl Forge {
         out.extend_from_slice(&trailer);
         out
     }
+}
+
+/// The bytes a pack builder writes (the body under its keystream) followed
+/// by `tail`.
+pub fn pack_bytes(b: &PackBuilder, tail: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(b.len() + tail.len());
+    b.write_to(tail, |block| {
+        out.extend_from_slice(block);
+        Ok(())
+    })
+    .expect("writing to memory cannot fail");
+    out
 }
 
 /// The signing key of forged versions.

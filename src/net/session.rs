@@ -10,8 +10,8 @@ use serde_bytes::ByteBuf;
 use tokio::task::JoinSet;
 
 use super::wire::{
-    self, ids_to_wire, objects_from_wire, read_msg, read_object, versions_from_wire, write_msg, Request,
-    Response, Taken, MAX_GET, MAX_HEADS, MAX_WALK,
+    self, ids_to_wire, objects_from_wire, read_msg, read_object, versions_from_wire, write_msg, Frame,
+    Request, Response, Taken, MAX_GET, MAX_HEADS, MAX_WALK,
 };
 use super::{NetError, REQUEST_TIMEOUT};
 use crate::error::{RepoError, Result};
@@ -222,45 +222,91 @@ impl Session {
         }
     }
 
-    /// Fetches objects of at most `max_len` bytes each. `check` sees each
-    /// one (already checked against its id) and may refuse it; then it goes
-    /// to `sink` (the storing thread) if there is one. Nothing is held
-    /// beyond one object per request: memory stays bounded whatever the
-    /// peer sends. Objects the peer lacks are an error.
+    /// Fetches objects of `kind`. `bases` is empty or names, for each id,
+    /// an object of the same kind this end holds, which the peer may answer
+    /// with a delta against; a delta is rebuilt, sealed again and checked
+    /// against its id like stored bytes, and one that does not give the
+    /// object is asked for again whole. `check` sees each object (already
+    /// checked against its id) and may refuse it; then it goes to `sink`
+    /// (the storing thread). Nothing is held beyond one object per request:
+    /// memory stays bounded whatever the peer sends. Objects the peer lacks
+    /// are an error.
     async fn get(
         &self,
+        kind: ObjectKind,
         ids: &[ObjectId],
-        max_len: usize,
+        bases: &[Option<ObjectId>],
         mut check: impl FnMut(&ObjectId, &[u8]) -> Result<()>,
         sink: Option<&Sink>,
     ) -> Result<()> {
-        let req = Request::Get { ids: ids_to_wire(ids.iter().map(|i| i.0)) };
-        let (_send, mut recv) = self.request(&req).await?;
-        for want in ids {
-            let (id, bytes) = read_object(&mut recv, max_len).await?;
-            if &id != want {
-                return Err(NetError::Protocol(format!(
-                    "object {} sent where {} was asked",
-                    id.short(),
-                    want.short()
-                ))
-                .into());
-            }
-            let Some(bytes) = bytes else {
-                return Err(NetError::Protocol(format!(
-                    "the peer lacks object {}, which its versions need",
-                    id.short()
-                ))
-                .into());
+        let max_len = payload_limit(kind) + 1024;
+        let mut ask = ids.to_vec();
+        let mut with = bases.to_vec();
+        while !ask.is_empty() {
+            let offered = if with.iter().any(Option::is_some) {
+                with.iter().map(|b| ByteBuf::from(b.map_or_else(Vec::new, |b| b.0.to_vec()))).collect()
+            } else {
+                Vec::new()
             };
-            object::check_id(&id, &bytes)
-                .map_err(|_| NetError::Protocol(format!("object {} does not match its id", id.short())))?;
-            check(&id, &bytes)?;
-            if let Some(tx) = sink {
-                tx.send((id, bytes))
-                    .await
-                    .map_err(|_| RepoError::Usage("the storing thread stopped".into()))?;
+            let req = Request::Get { ids: ids_to_wire(ask.iter().map(|i| i.0)), bases: offered };
+            let (_send, mut recv) = self.request(&req).await?;
+            let mut again = Vec::new();
+            for (i, want) in ask.iter().enumerate() {
+                let (id, frame) = read_object(&mut recv, max_len).await?;
+                if &id != want {
+                    return Err(NetError::Protocol(format!(
+                        "object {} sent where {} was asked",
+                        id.short(),
+                        want.short()
+                    ))
+                    .into());
+                }
+                let bytes = match frame {
+                    Frame::Missing => {
+                        return Err(NetError::Protocol(format!(
+                            "the peer lacks object {}, which its versions need",
+                            id.short()
+                        ))
+                        .into())
+                    }
+                    Frame::Whole(bytes) => {
+                        object::check_id(&id, &bytes).map_err(|_| {
+                            NetError::Protocol(format!("object {} does not match its id", id.short()))
+                        })?;
+                        bytes
+                    }
+                    Frame::Delta { base, delta } => {
+                        if with.get(i).copied().flatten() != Some(base) {
+                            return Err(NetError::Protocol(format!(
+                                "object {} came as a delta against {}, which was not offered",
+                                id.short(),
+                                base.short()
+                            ))
+                            .into());
+                        }
+                        let store = self.repo.store().clone();
+                        let want = *want;
+                        match blocking(move || rebuild(&store, kind, &want, &base, &delta)).await? {
+                            Some(bytes) => bytes,
+                            None => {
+                                again.push(want);
+                                continue;
+                            }
+                        }
+                    }
+                };
+                if ObjectKind::of_stored(&bytes).ok() != Some(kind) {
+                    return Err(NetError::Protocol(format!("object {} is not a {kind}", id.short())).into());
+                }
+                check(&id, &bytes)?;
+                if let Some(tx) = sink {
+                    tx.send((id, bytes))
+                        .await
+                        .map_err(|_| RepoError::Usage("the storing thread stopped".into()))?;
+                }
             }
+            ask = again;
+            with = Vec::new();
         }
         Ok(())
     }
@@ -334,7 +380,7 @@ impl Session {
                     Response::Walk(walk(&g, &from, limit as usize))
                 }
             }
-            Request::Get { ids } => {
+            Request::Get { ids, bases } => {
                 if ids.len() > MAX_GET {
                     return Err(NetError::Protocol(format!(
                         "a get of {} objects is over the limit",
@@ -342,10 +388,25 @@ impl Session {
                     ))
                     .into());
                 }
+                if !bases.is_empty() && bases.len() != ids.len() {
+                    return Err(
+                        NetError::Protocol("a get with bases that do not match its ids".into()).into()
+                    );
+                }
                 let ids = objects_from_wire(&ids)?;
+                let bases = bases
+                    .iter()
+                    .map(|b| {
+                        if b.is_empty() {
+                            Ok(None)
+                        } else {
+                            wire::id_from_wire(b).map(|b| Some(ObjectId(b)))
+                        }
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
                 let _mine = turn(&self.gets).await.map_err(NetError::Local)?;
                 let _ours = turn(&SERVING_GETS).await.map_err(NetError::Local)?;
-                return self.send_objects(send, ids).await;
+                return self.send_objects(send, ids, bases).await;
             }
             Request::Announce { heads } => {
                 let one_per_session = self.pulling.try_lock();
@@ -395,13 +456,20 @@ impl Session {
     }
 
     /// Streams objects: a blocking reader stays at most two objects ahead
-    /// of the network, so memory per request is a few objects.
-    async fn send_objects(&self, mut send: quinn::SendStream, ids: Vec<ObjectId>) -> Result<()> {
+    /// of the network, so memory per request is a few objects. An object
+    /// with a base goes as a delta against it where that pays
+    /// ([`delta_of`]).
+    async fn send_objects(
+        &self,
+        mut send: quinn::SendStream,
+        ids: Vec<ObjectId>,
+        bases: Vec<Option<ObjectId>>,
+    ) -> Result<()> {
         let store = self.repo.store().clone();
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<(ObjectId, Option<Vec<u8>>)>(2);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<(ObjectId, Frame)>(2);
         let reader = tokio::task::spawn_blocking(move || {
             let mut refreshed = false;
-            for id in ids {
+            for (i, id) in ids.into_iter().enumerate() {
                 let b = match store.try_get_raw(&id) {
                     Ok(Some(b)) => Some(b),
                     // A commit may have landed since the store was opened.
@@ -411,13 +479,25 @@ impl Session {
                     }
                     Ok(None) | Err(_) => None,
                 };
-                if tx.blocking_send((id, b)).is_err() {
+                let frame = match (b, bases.get(i).copied().flatten()) {
+                    (None, _) => Frame::Missing,
+                    (Some(b), None) => Frame::Whole(b),
+                    (Some(b), Some(base)) => match delta_of(&store, &b, &base) {
+                        Some(delta) => Frame::Delta { base, delta },
+                        None => Frame::Whole(b),
+                    },
+                };
+                if tx.blocking_send((id, frame)).is_err() {
                     return;
                 }
             }
         });
-        while let Some((id, b)) = rx.recv().await {
-            wire::write_object(&mut send, &id, b.as_deref()).await?;
+        while let Some((id, frame)) = rx.recv().await {
+            match frame {
+                Frame::Missing => wire::write_object(&mut send, &id, None).await?,
+                Frame::Whole(b) => wire::write_object(&mut send, &id, Some(&b)).await?,
+                Frame::Delta { base, delta } => wire::write_delta(&mut send, &id, &base, &delta).await?,
+            }
             // Progress for an announcer waiting on our pull of its objects.
             self.served.fetch_add(1, Ordering::Relaxed);
         }
@@ -481,15 +561,13 @@ impl Session {
         let mut held = 0usize;
         for batch in ids.chunks(MAX_GET) {
             self.get(
+                ObjectKind::Version,
                 batch,
-                MAX_VERSION_SIZE,
+                &[],
                 |id, bytes| {
                     let bad = |why: String| {
                         RepoError::from(NetError::Protocol(format!("version {}: {why}", id.short())))
                     };
-                    if ObjectKind::of_stored(bytes).ok() != Some(ObjectKind::Version) {
-                        return Err(bad("not a version".into()));
-                    }
                     held += bytes.len();
                     if held > MAX_PULL_VERSION_BYTES {
                         return Err(bad("the versions of one pull are over the size limit".into()));
@@ -534,7 +612,7 @@ impl Session {
             let handle = tokio::runtime::Handle::current();
             tokio::task::spawn_blocking(move || store_loop(&store, rx, &progress, &handle))
         };
-        let fetched = self.fetch_content(&versions, &local, &tx).await;
+        let fetched = self.fetch_content(&versions, &order, &local, &tx).await;
         drop(tx);
         let stored = storer.await.map_err(|_| RepoError::Usage("the storing thread panicked".into()))?;
         let taken_objects = stored?;
@@ -564,9 +642,16 @@ impl Session {
         Ok(Taken { versions: n, objects: taken_objects.0, bytes: taken_objects.1 })
     }
 
+    /// Fetches the trees and chunks `versions` reach that this end lacks.
+    ///
+    /// Each new tree is walked beside the tree at the same path in the
+    /// nearest version this end holds (its *base*), and each changed file's
+    /// new chunks beside the file's old chunks ([`pair_chunks`]): those old
+    /// trees and chunks are offered to the peer as bases for deltas.
     async fn fetch_content(
         self: &Arc<Self>,
         versions: &HashMap<VersionId, (SignedVersion, VersionInfo)>,
+        order: &[VersionId],
         local: &Graph,
         tx: &Sink,
     ) -> Result<()> {
@@ -579,40 +664,74 @@ impl Session {
             .into_iter()
             .collect();
         let repo = self.repo.clone();
-        let complete = blocking(move || known_trees(&repo, &boundary)).await?;
+        let (complete, local_roots) = blocking(move || {
+            let mut roots = HashMap::new();
+            for v in &boundary {
+                roots.insert(*v, repo.store().get_version(v)?.body().root);
+            }
+            Ok((known_trees(&repo, &boundary)?, roots))
+        })
+        .await?;
+        // A new version's base: the root of a parent this end holds, else
+        // its first such parent's base (parents come first in `order`).
+        let mut base_root: HashMap<VersionId, Option<ObjectId>> = HashMap::new();
+        for v in order {
+            let Some((sv, _)) = versions.get(v) else { continue };
+            let parents = &sv.body().parents;
+            let base = parents
+                .iter()
+                .find_map(|p| local_roots.get(p).copied())
+                .or_else(|| parents.iter().find_map(|p| base_root.get(p).copied().flatten()));
+            base_root.insert(*v, base);
+        }
 
         let keys = self.repo.store().keys().clone();
         let mut seen_trees: HashSet<ObjectId> = HashSet::new();
         let mut chunks: Vec<ObjectId> = Vec::new();
         let mut seen_chunks: HashSet<ObjectId> = HashSet::new();
-        let mut level: Vec<ObjectId> = versions
-            .values()
-            .map(|(v, _)| v.body().root)
-            .filter(|r| !complete.contains(r) && seen_trees.insert(*r))
+        let mut chunk_base: HashMap<ObjectId, ObjectId> = HashMap::new();
+        let mut level: Vec<(ObjectId, Option<ObjectId>)> = order
+            .iter()
+            .filter_map(|v| {
+                versions.get(v).map(|(sv, _)| (sv.body().root, base_root.get(v).copied().flatten()))
+            })
+            .filter(|(r, _)| !complete.contains(r) && seen_trees.insert(*r))
             .collect();
         while !level.is_empty() {
-            // Trees we hold are read locally; the others are fetched.
+            // Trees we hold are read locally; the others are fetched. Base
+            // trees are complete, hence held.
             let store = self.repo.store().clone();
-            let ids = level.clone();
-            let (trees, remote) = blocking(move || {
+            let items = level.clone();
+            let (trees, remote, base_trees) = blocking(move || {
                 let mut have = Vec::new();
                 let mut remote = Vec::new();
-                for id in ids {
+                let mut bases: HashMap<ObjectId, Tree> = HashMap::new();
+                for (id, base) in items {
+                    if let Some(b) = base {
+                        if let std::collections::hash_map::Entry::Vacant(slot) = bases.entry(b) {
+                            slot.insert(store.get_tree(&b)?);
+                        }
+                    }
                     match store.contains(&id)? {
-                        true => have.push((id, store.get_raw(&id)?)),
-                        false => remote.push(id),
+                        true => have.push((id, base, store.get_raw(&id)?)),
+                        false => remote.push((id, base)),
                     }
                 }
-                Ok((have, remote))
+                Ok((have, remote, bases))
             })
             .await?;
             let mut next = Vec::new();
-            let mut visit = |id: &ObjectId, tree: &Tree| {
+            let mut visit = |tree: &Tree, base: Option<&Tree>| {
                 for e in tree.entries() {
+                    let old = base.and_then(|b| b.get(e.name.as_bytes())).map(|o| &o.node);
                     match &e.node {
                         Node::Dir { tree } => {
                             if !complete.contains(tree) && seen_trees.insert(*tree) {
-                                next.push(*tree);
+                                let old = match old {
+                                    Some(Node::Dir { tree }) => Some(*tree),
+                                    _ => None,
+                                };
+                                next.push((*tree, old));
                             }
                         }
                         Node::File { chunks: cs, .. } => {
@@ -621,55 +740,63 @@ impl Session {
                                     chunks.push(*c);
                                 }
                             }
+                            if let Some(Node::File { chunks: old, .. }) = old {
+                                pair_chunks(cs, old, &mut chunk_base);
+                            }
                         }
                         Node::Symlink { .. } => {}
                     }
                 }
-                let _ = id;
             };
+            let remote_base: HashMap<ObjectId, ObjectId> =
+                remote.iter().filter_map(|(id, b)| b.map(|b| (*id, b))).collect();
             for batch in remote.chunks(MAX_GET) {
                 let progress = self.progress.clone();
+                let ids: Vec<ObjectId> = batch.iter().map(|(id, _)| *id).collect();
+                let bases: Vec<Option<ObjectId>> = batch.iter().map(|(_, b)| *b).collect();
                 self.get(
-                    batch,
-                    MAX_TREE_SIZE + 1024,
+                    ObjectKind::Tree,
+                    &ids,
+                    &bases,
                     |id, bytes| {
-                        if ObjectKind::of_stored(bytes).ok() != Some(ObjectKind::Tree) {
-                            return Err(
-                                NetError::Protocol(format!("object {} is not a tree", id.short())).into()
-                            );
-                        }
                         let tree = decode_tree(&keys, id, bytes)?;
                         progress.objects_needed.fetch_add(1, Ordering::Relaxed);
-                        visit(id, &tree);
+                        visit(&tree, remote_base.get(id).and_then(|b| base_trees.get(b)));
                         Ok(())
                     },
                     Some(tx),
                 )
                 .await?;
             }
-            for (id, bytes) in trees {
+            for (id, base, bytes) in trees {
                 let tree = decode_tree(&keys, &id, &bytes)?;
-                visit(&id, &tree);
+                visit(&tree, base.and_then(|b| base_trees.get(&b)));
             }
             level = next;
         }
         drop(seen_chunks);
 
-        // Chunks we lack, several streams at once.
+        // Chunks we lack, several streams at once, each with the chunk it
+        // replaces as a base where this end holds it.
         let store = self.repo.store().clone();
         let wanted = blocking(move || {
             let mut out = Vec::new();
             for c in chunks {
                 if !store.contains(&c)? {
-                    out.push(c);
+                    let base = match chunk_base.get(&c) {
+                        Some(b) if store.contains(b)? => Some(*b),
+                        _ => None,
+                    };
+                    out.push((c, base));
                 }
             }
             Ok(out)
         })
         .await?;
         self.progress.objects_needed.fetch_add(wanted.len() as u64, Ordering::Relaxed);
-        let queue: Arc<Mutex<VecDeque<Vec<ObjectId>>>> =
-            Arc::new(Mutex::new(wanted.chunks(CHUNK_BATCH).map(<[ObjectId]>::to_vec).collect()));
+        type Batch = Vec<(ObjectId, Option<ObjectId>)>;
+        let queue: Arc<Mutex<VecDeque<Batch>>> =
+            Arc::new(Mutex::new(wanted.chunks(CHUNK_BATCH).map(<[_]>::to_vec).collect()));
         let mut tasks = JoinSet::new();
         for _ in 0..PARALLEL_GETS {
             let s = self.clone();
@@ -678,22 +805,9 @@ impl Session {
             tasks.spawn(async move {
                 loop {
                     let Some(batch) = q.lock().ok().and_then(|mut q| q.pop_front()) else { return Ok(()) };
-                    s.get(
-                        &batch,
-                        MAX_CHUNK_SIZE + 1024,
-                        |id, bytes| {
-                            if ObjectKind::of_stored(bytes).ok() != Some(ObjectKind::Chunk) {
-                                return Err(NetError::Protocol(format!(
-                                    "object {} is not a chunk",
-                                    id.short()
-                                ))
-                                .into());
-                            }
-                            Ok(())
-                        },
-                        Some(&tx),
-                    )
-                    .await?;
+                    let ids: Vec<ObjectId> = batch.iter().map(|(id, _)| *id).collect();
+                    let bases: Vec<Option<ObjectId>> = batch.iter().map(|(_, b)| *b).collect();
+                    s.get(ObjectKind::Chunk, &ids, &bases, |_, _| Ok(()), Some(&tx)).await?;
                 }
             });
         }
@@ -713,6 +827,79 @@ impl Session {
             None => Ok(()),
         }
     }
+}
+
+/// Largest payload of an object of `kind`.
+fn payload_limit(kind: ObjectKind) -> usize {
+    match kind {
+        ObjectKind::Chunk => MAX_CHUNK_SIZE,
+        ObjectKind::Tree => MAX_TREE_SIZE,
+        ObjectKind::Version => MAX_VERSION_SIZE,
+    }
+}
+
+/// Pairs each chunk of a file's new content that its old content lacks
+/// with an old chunk to offer as a delta base. Chunks are cut by content,
+/// so an edit changes the chunks around it and leaves the others: after the
+/// common first and last chunks, the changed new chunks are paired in order
+/// with the changed old ones (the last old one pairing the rest). A new
+/// chunk already paired keeps its base.
+fn pair_chunks(new: &[ObjectId], old: &[ObjectId], bases: &mut HashMap<ObjectId, ObjectId>) {
+    let head = new.iter().zip(old).take_while(|(a, b)| a == b).count();
+    let tail = new[head..].iter().rev().zip(old[head..].iter().rev()).take_while(|(a, b)| a == b).count();
+    let (new_mid, old_mid) = (&new[head..new.len() - tail], &old[head..old.len() - tail]);
+    let Some(last) = old_mid.last() else { return };
+    for (i, c) in new_mid.iter().enumerate() {
+        bases.entry(*c).or_insert(*old_mid.get(i).unwrap_or(last));
+    }
+}
+
+/// Deltas being made at once by this process; beyond, objects go whole.
+static DELTAS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+/// Most deltas made at once (each holds two payloads of up to 4 MiB).
+const MAX_DELTAS: usize = 8;
+/// Objects smaller than this always go whole.
+const MIN_DELTA_OBJECT: usize = 512;
+
+/// `stored` (an object this end holds) as a delta against the payload of
+/// `base`, if `base` is held, of the same kind, and the delta is at most
+/// 7/8 of the stored bytes; otherwise `None` (the object goes whole).
+fn delta_of(store: &dbox_store::Store, stored: &[u8], base: &ObjectId) -> Option<Vec<u8>> {
+    struct Slot;
+    impl Drop for Slot {
+        fn drop(&mut self) {
+            DELTAS.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+    let kind = ObjectKind::of_stored(stored).ok().filter(|k| *k != ObjectKind::Version)?;
+    if stored.len() < MIN_DELTA_OBJECT {
+        return None;
+    }
+    let _slot = Slot;
+    if DELTAS.fetch_add(1, Ordering::Relaxed) >= MAX_DELTAS {
+        return None;
+    }
+    let old = store.get_payload(base, kind).ok()?;
+    let new = object::open(store.keys(), kind, stored).ok()?;
+    let delta = dbox_store::delta::encode(&old, &new)?;
+    (delta.len() + 32 < stored.len() - stored.len() / 8).then_some(delta)
+}
+
+/// Rebuilds object `want` of `kind` from a delta against `base` (held
+/// here): the payload is decoded, sealed again and must hash to `want`.
+/// `None` if it does not (a wrong delta, or a peer whose encoder differs):
+/// the caller then asks for the object whole.
+fn rebuild(
+    store: &dbox_store::Store,
+    kind: ObjectKind,
+    want: &ObjectId,
+    base: &ObjectId,
+    delta: &[u8],
+) -> Result<Option<Vec<u8>>> {
+    let old = store.get_payload(base, kind)?;
+    let Ok(new) = dbox_store::delta::decode(&old, delta, payload_limit(kind)) else { return Ok(None) };
+    let (id, stored) = object::seal(store.keys(), kind, &new);
+    Ok((id == *want).then_some(stored))
 }
 
 fn decode_tree(keys: &dbox_store::Keys, id: &ObjectId, bytes: &[u8]) -> Result<Tree> {
@@ -908,4 +1095,47 @@ pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + 
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| RepoError::Usage(format!("a worker thread failed: {e}")))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(xs: &[u8]) -> Vec<ObjectId> {
+        xs.iter().map(|x| ObjectId([*x; 32])).collect()
+    }
+
+    fn paired(new: &[u8], old: &[u8]) -> Vec<(u8, u8)> {
+        let mut m = HashMap::new();
+        pair_chunks(&ids(new), &ids(old), &mut m);
+        let mut v: Vec<(u8, u8)> = m.iter().map(|(k, b)| (k.0[0], b.0[0])).collect();
+        v.sort_unstable();
+        v
+    }
+
+    #[test]
+    fn changed_chunks_pair_with_the_old_ones_between_the_common_ends() {
+        // One chunk changed in the middle.
+        assert_eq!(paired(&[1, 2, 9, 4], &[1, 2, 3, 4]), vec![(9, 3)]);
+        // An edit that split one chunk in two: both pair, the last old one twice.
+        assert_eq!(paired(&[1, 8, 9, 4], &[1, 3, 4]), vec![(8, 3), (9, 3)]);
+        // Two old chunks merged into one.
+        assert_eq!(paired(&[1, 9, 4], &[1, 2, 3, 4]), vec![(9, 2)]);
+        // A single-chunk file.
+        assert_eq!(paired(&[9], &[3]), vec![(9, 3)]);
+        // Only an appended chunk: the old file has no changed chunk to offer.
+        assert_eq!(paired(&[1, 2, 3], &[1, 2]), vec![]);
+        // An unchanged file, an emptied one, a new one.
+        assert_eq!(paired(&[1, 2], &[1, 2]), vec![]);
+        assert_eq!(paired(&[], &[1, 2]), vec![]);
+        assert_eq!(paired(&[5], &[]), vec![]);
+        // The same chunk repeated: the ends never overlap.
+        assert_eq!(paired(&[1, 1, 1], &[1, 1]), vec![]);
+        assert_eq!(paired(&[1, 7, 1], &[1, 1]), vec![]);
+        // A chunk already paired keeps its first base.
+        let mut m = HashMap::new();
+        pair_chunks(&ids(&[9]), &ids(&[3]), &mut m);
+        pair_chunks(&ids(&[9]), &ids(&[4]), &mut m);
+        assert_eq!(m.get(&ObjectId([9; 32])), Some(&ObjectId([3; 32])));
+    }
 }

@@ -2,8 +2,17 @@
 //!
 //! A control message is a 4-byte big-endian length and that many bytes of
 //! CBOR, at most [`MAX_MESSAGE`]. An object on a `Get` response stream is a
-//! frame `[present: u8][id: 32][len: u32 BE][len bytes]`; an object the
-//! sender lacks is `[0][id][0]`.
+//! frame:
+//!
+//! ```text
+//! [1][id: 32][len: u32 BE][len bytes]             the stored bytes
+//! [2][id: 32][len: u32 BE][base: 32][len bytes]   a delta against base
+//! [0][id: 32][0: u32]                             the sender lacks it
+//! ```
+//!
+//! A delta ([`dbox_store::delta`]) comes only for an id the asker gave a
+//! base for, against that base; the asker rebuilds the payload, seals it
+//! again and checks the id as for stored bytes.
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -73,6 +82,11 @@ pub enum Request {
     Get {
         /// Object ids.
         ids: Vec<ByteBuf>,
+        /// Empty, or one entry per id: an object of the same kind the asker
+        /// holds, which the answer may be a delta against (an empty entry:
+        /// none). A peer without deltas leaves it out and ignores it.
+        #[serde(default)]
+        bases: Vec<ByteBuf>,
     },
     /// I have these heads: pull them from me.
     Announce {
@@ -193,6 +207,38 @@ pub async fn read_msg_limited<T: DeserializeOwned>(
     dbox_store::cbor::decode(what, &body, MAX_MESSAGE).map_err(|e| NetError::Protocol(e.to_string()))
 }
 
+/// What an object frame carries.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Frame {
+    /// The sender lacks the object.
+    Missing,
+    /// The stored bytes.
+    Whole(Vec<u8>),
+    /// A delta of the object's payload against the payload of `base`.
+    Delta {
+        /// The object the delta is against.
+        base: ObjectId,
+        /// The delta.
+        delta: Vec<u8>,
+    },
+}
+
+/// Writes one delta frame: `id`'s payload as `delta` against `base`'s.
+pub async fn write_delta(
+    s: &mut quinn::SendStream,
+    id: &ObjectId,
+    base: &ObjectId,
+    delta: &[u8],
+) -> Result<(), NetError> {
+    let mut head = [0u8; 69];
+    head[0] = 2;
+    head[1..33].copy_from_slice(id.as_bytes());
+    head[33..37].copy_from_slice(&(delta.len() as u32).to_be_bytes());
+    head[37..].copy_from_slice(base.as_bytes());
+    write_full(s, &head, "the peer to take an object").await?;
+    write_full(s, delta, "the peer to take an object").await
+}
+
 /// Writes one object frame (`None`: the sender lacks it).
 pub async fn write_object(
     s: &mut quinn::SendStream,
@@ -212,12 +258,9 @@ pub async fn write_object(
     Ok(())
 }
 
-/// Reads one object frame: the id and the bytes if the sender had it.
-/// The bytes are not yet checked against the id; `max_len` bounds them.
-pub async fn read_object(
-    r: &mut quinn::RecvStream,
-    max_len: usize,
-) -> Result<(ObjectId, Option<Vec<u8>>), NetError> {
+/// Reads one object frame: the id and what came for it. Nothing is yet
+/// checked against the id; `max_len` bounds the bytes.
+pub async fn read_object(r: &mut quinn::RecvStream, max_len: usize) -> Result<(ObjectId, Frame), NetError> {
     let max_len = max_len.min(MAX_OBJECT_SIZE);
     let mut head = [0u8; 37];
     read_full(r, &mut head, "an object").await?;
@@ -225,13 +268,20 @@ pub async fn read_object(
     id.copy_from_slice(&head[1..33]);
     let len = u32::from_be_bytes([head[33], head[34], head[35], head[36]]) as usize;
     match head[0] {
-        0 if len == 0 => Ok((ObjectId(id), None)),
+        0 if len == 0 => Ok((ObjectId(id), Frame::Missing)),
         1 if len <= max_len => {
             let mut b = vec![0u8; len];
             read_full(r, &mut b, "an object").await?;
-            Ok((ObjectId(id), Some(b)))
+            Ok((ObjectId(id), Frame::Whole(b)))
         }
-        1 => Err(NetError::Protocol(format!("an object of {len} bytes is over the limit"))),
+        2 if len <= max_len => {
+            let mut base = [0u8; 32];
+            read_full(r, &mut base, "an object").await?;
+            let mut delta = vec![0u8; len];
+            read_full(r, &mut delta, "an object").await?;
+            Ok((ObjectId(id), Frame::Delta { base: ObjectId(base), delta }))
+        }
+        1 | 2 => Err(NetError::Protocol(format!("an object of {len} bytes is over the limit"))),
         _ => Err(NetError::Protocol("a malformed object frame".into())),
     }
 }

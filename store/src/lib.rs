@@ -160,6 +160,7 @@
 
 pub mod chunker;
 pub mod crypto;
+pub mod delta;
 pub mod error;
 pub mod id;
 pub mod index;

@@ -509,7 +509,8 @@ impl Store {
         self.try_get_raw(id)?.ok_or(StoreError::NotFound { id: *id })
     }
 
-    fn get_payload(&self, id: &ObjectId, kind: ObjectKind) -> Result<Vec<u8>, StoreError> {
+    /// An object's payload (decrypted and decompressed), checked to be of `kind`.
+    pub fn get_payload(&self, id: &ObjectId, kind: ObjectKind) -> Result<Vec<u8>, StoreError> {
         let (stored, pack) = self.read_verified(id)?.ok_or(StoreError::NotFound { id: *id })?;
         object::open(&self.inner.keys, kind, &stored).map_err(|source| StoreError::CorruptObject {
             id: *id,
