@@ -34,7 +34,8 @@ Figures:
               started for the step (its per-connection child included); git:
               the receive side is in the client figure
 
-Also: where dbox's wire bytes go (object bytes vs protocol overhead), and
+Also: where dbox's wire bytes go (object bytes as stored and as carried,
+whole or as deltas, vs protocol overhead), and
 a negotiation measurement: A commits --chain tiny versions (one file changed
 each), B clones, A commits 10 more, B pulls; the wire bytes of that pull are
 what negotiating over a long shared history costs. (The figure for 100,000
@@ -434,15 +435,18 @@ def print_tables(results, chains):
             if "dbox" in res["steps"][step]]
     if rows:
         print("\n### dbox: where the wire bytes go\n")
-        print("| dataset | step | versions | objects | object bytes (pulled.bytes) | wire sent | wire received "
-              "| overhead (wire − objects) | overhead % of wire | dbox seconds (own) |")
-        print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        print("| dataset | step | versions | objects | as deltas | objects as stored (pulled.bytes) "
+              "| objects as carried (pulled.carried) | wire sent | wire received "
+              "| overhead (wire − carried) | overhead % of wire | dbox seconds (own) |")
+        print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for res, step, x in rows:
             j = x["json"]
             ob = j["pulled"]["bytes"]
-            ov = x["wire"] - ob
+            carried = j["pulled"].get("carried", ob)
+            ov = x["wire"] - carried
             print(f"| {res['dataset']} | {step} | {j['pulled']['versions']} | {j['pulled']['objects']:,} | "
-                  f"{fmt_bytes(ob)} | {fmt_bytes(j['wire']['sent'])} | {fmt_bytes(j['wire']['received'])} | "
+                  f"{j['pulled'].get('deltas', 0):,} | {fmt_bytes(ob)} | {fmt_bytes(carried)} | "
+                  f"{fmt_bytes(j['wire']['sent'])} | {fmt_bytes(j['wire']['received'])} | "
                   f"{fmt_bytes(ov)} | {100 * ov / x['wire']:.1f} | {j['seconds']:.2f} |")
         for res, step, x in rows:
             if step == "no change":

@@ -97,11 +97,21 @@ pub fn human_bytes(n: u64) -> String {
 }
 
 fn taken_json(t: &Taken) -> serde_json::Value {
-    json!({ "versions": t.versions, "objects": t.objects, "bytes": t.bytes })
+    json!({
+        "versions": t.versions,
+        "objects": t.objects,
+        "bytes": t.bytes,
+        "deltas": t.deltas,
+        "carried": t.carried,
+    })
 }
 
 fn describe(t: &Taken) -> String {
-    format!("{} version(s), {} object(s), {}", t.versions, t.objects, human_bytes(t.bytes))
+    let mut s = format!("{} version(s), {} object(s), {}", t.versions, t.objects, human_bytes(t.bytes));
+    if t.deltas > 0 {
+        s.push_str(&format!(" ({} as deltas; {} carried in all)", t.deltas, human_bytes(t.carried)));
+    }
+    s
 }
 
 /// Prints what a transfer did.

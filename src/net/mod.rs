@@ -37,10 +37,19 @@
 //!   versions it has. Negotiation is therefore proportional to the
 //!   difference (plus at most one batch), never to the graph's size: two
 //!   graphs of 100,000 versions that differ by 10 exchange a few KiB.
-//! - `Get {ids}`: objects, as binary frames on the response stream. The
-//!   puller runs several at once ([`session::PARALLEL_GETS`]), checks every
-//!   object's BLAKE3 against its id and its kind against what referred to
-//!   it, and stores it.
+//! - `Get {ids, bases}`: objects, as binary frames on the response stream.
+//!   The puller runs several at once ([`session::PARALLEL_GETS`]), checks
+//!   every object's BLAKE3 against its id and its kind against what
+//!   referred to it, and stores it. `bases` offers, per id, an object of
+//!   the same kind the puller holds: the tree at the same path in the
+//!   nearest version it has, or the chunk a changed file's new chunk
+//!   replaces. The sender may answer such an id with a delta against it
+//!   ([`dbox_store::delta`]) when that is at most 7/8 of the stored bytes;
+//!   the puller rebuilds the payload, seals it again (sealing is
+//!   deterministic) and checks the id like any object. A delta that does
+//!   not give the object is asked for again whole; a delta for an id
+//!   offered no base is a protocol error. An edit of 100 bytes in a 1 MiB
+//!   chunk then costs about a kilobyte on the wire, not the chunk.
 //! - `Announce {heads}`: "I have these heads"; the receiver pulls from the
 //!   announcer over the same connection and answers with what it took. A
 //!   push is an announcement; a sync is a pull and then an announcement.

@@ -78,6 +78,10 @@ pub struct Progress {
     pub objects_needed: AtomicU64,
     /// Versions taken.
     pub versions: AtomicU64,
+    /// Objects (trees and chunks) that came as deltas.
+    pub deltas: AtomicU64,
+    /// Bytes trees and chunks took as they came (whole, or as deltas).
+    pub carried: AtomicU64,
 }
 
 /// One end of a session.
@@ -261,7 +265,7 @@ impl Session {
                     ))
                     .into());
                 }
-                let bytes = match frame {
+                let (bytes, carried, delta) = match frame {
                     Frame::Missing => {
                         return Err(NetError::Protocol(format!(
                             "the peer lacks object {}, which its versions need",
@@ -273,7 +277,8 @@ impl Session {
                         object::check_id(&id, &bytes).map_err(|_| {
                             NetError::Protocol(format!("object {} does not match its id", id.short()))
                         })?;
-                        bytes
+                        let n = bytes.len();
+                        (bytes, n, false)
                     }
                     Frame::Delta { base, delta } => {
                         if with.get(i).copied().flatten() != Some(base) {
@@ -286,8 +291,9 @@ impl Session {
                         }
                         let store = self.repo.store().clone();
                         let want = *want;
+                        let n = delta.len();
                         match blocking(move || rebuild(&store, kind, &want, &base, &delta)).await? {
-                            Some(bytes) => bytes,
+                            Some(bytes) => (bytes, n, true),
                             None => {
                                 again.push(want);
                                 continue;
@@ -299,6 +305,10 @@ impl Session {
                     return Err(NetError::Protocol(format!("object {} is not a {kind}", id.short())).into());
                 }
                 check(&id, &bytes)?;
+                if kind != ObjectKind::Version {
+                    self.progress.carried.fetch_add(carried as u64, Ordering::Relaxed);
+                    self.progress.deltas.fetch_add(u64::from(delta), Ordering::Relaxed);
+                }
                 if let Some(tx) = sink {
                     tx.send((id, bytes))
                         .await
@@ -511,6 +521,8 @@ impl Session {
     /// Takes every version the other end has and this end lacks, with
     /// everything they reach.
     pub async fn pull(self: &Arc<Self>) -> Result<Taken> {
+        let deltas_before = self.progress.deltas.load(Ordering::Relaxed);
+        let carried_before = self.progress.carried.load(Ordering::Relaxed);
         let remote_heads = self.heads().await?;
         let local = self.graph(true).await?;
         let missing_heads: Vec<VersionId> = remote_heads.into_iter().filter(|h| !local.contains(h)).collect();
@@ -639,7 +651,13 @@ impl Session {
         })
         .await?;
         self.graph.forget();
-        Ok(Taken { versions: n, objects: taken_objects.0, bytes: taken_objects.1 })
+        Ok(Taken {
+            versions: n,
+            objects: taken_objects.0,
+            bytes: taken_objects.1,
+            deltas: self.progress.deltas.load(Ordering::Relaxed) - deltas_before,
+            carried: self.progress.carried.load(Ordering::Relaxed) - carried_before,
+        })
     }
 
     /// Fetches the trees and chunks `versions` reach that this end lacks.

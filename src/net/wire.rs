@@ -102,8 +102,14 @@ pub struct Taken {
     pub versions: u64,
     /// Objects received (trees and chunks, not versions).
     pub objects: u64,
-    /// Bytes of those objects.
+    /// Bytes of those objects, as stored.
     pub bytes: u64,
+    /// Of those objects, how many came as deltas.
+    #[serde(default)]
+    pub deltas: u64,
+    /// Bytes those objects took as they came (whole, or as deltas).
+    #[serde(default)]
+    pub carried: u64,
 }
 
 /// An answer.

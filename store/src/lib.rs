@@ -82,6 +82,15 @@
 //! version, repository id, parents, root tree, author, the author's sequence
 //! number, and a sealed block (message, time, host) that only members read.
 //!
+//! # Deltas (on the wire only)
+//!
+//! Between members, a chunk or tree may travel as a delta of its payload
+//! against the payload of an object the receiver holds ([`delta`]: a version
+//! byte and a zstd frame made with the base as prefix). The receiver seals
+//! the rebuilt payload again; [`object::seal`] is a pure function of the
+//! keys and the payload, so the result must hash to the id asked for, and
+//! is then stored like any received object. Deltas are never stored.
+//!
 //! # Packs (`packs/<id>.pack`)
 //!
 //! ```text
