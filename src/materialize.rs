@@ -23,7 +23,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use dbox_store::{Store, VersionId};
+use dbox_store::{ObjectId, Store, VersionId};
 
 use crate::cache::{Cache, CacheEntry, Content};
 use crate::error::{RepoError, Result};
@@ -295,7 +295,7 @@ pub fn restore(repo: &Repo, version: &VersionId, opts: &RestoreOptions) -> Resul
         }
     }
     match &opts.to {
-        None => apply(repo, &base, &target, &opts.paths, repo.root(), true, opts.force),
+        None => apply(repo, &base, &target, &opts.paths, repo.root(), true, opts.force, None),
         Some(dir) => {
             // Check the nearest existing ancestor before creating anything.
             let existing = dir.ancestors().find(|a| a.exists()).unwrap_or(Path::new("."));
@@ -309,7 +309,7 @@ pub fn restore(repo: &Repo, version: &VersionId, opts: &RestoreOptions) -> Resul
                 return Err(RepoError::Usage("cannot restore into the .dbox folder".into()));
             }
             let empty = Cache::default();
-            apply(repo, &empty, &target, &opts.paths, &dir, false, opts.force)
+            apply(repo, &empty, &target, &opts.paths, &dir, false, opts.force, None)
         }
     }
 }
@@ -337,7 +337,97 @@ pub(crate) fn checkout_locked(
     };
     let base = load_base(repo, head)?;
     let target = flatten_version(repo, version)?;
-    let outcome = apply(repo, &base, &target, &[], repo.root(), true, force)?;
+    let outcome = apply(repo, &base, &target, &[], repo.root(), true, force, None)?;
+    settle(repo, version, &base, target, outcome)
+}
+
+/// A version's entries by path.
+pub(crate) type Flat = BTreeMap<Vec<u8>, FlatEntry>;
+
+/// Says, for a fresh working tree being filled while its content arrives,
+/// whether these objects are in the store: waits while they may still
+/// come, `Ok(false)` once they never will (the transfer ended without them).
+pub(crate) type Ready<'a> = &'a (dyn Fn(&[ObjectId]) -> Result<bool> + Sync);
+
+/// Fills the empty working tree of a repository being cloned with the
+/// version whose root tree is `root_tree`, while its trees and chunks are
+/// still arriving: each file is written once `ready` says its chunks are
+/// stored, in the order a pull fetches them (shallow paths first). Nothing
+/// is recorded: once the version is, [`settle_fresh`] moves HEAD to it, and
+/// if the transfer fails, [`undo_fresh`] removes what was written.
+///
+/// `None` if the trees never arrived. Files whose chunks never arrived are
+/// not written (the outcome lists only what was).
+pub(crate) fn checkout_fresh(
+    repo: &Repo,
+    root_tree: &ObjectId,
+    ready: Ready,
+) -> Result<Option<(Flat, Outcome)>> {
+    let target = loop {
+        match crate::snapshot::flatten(repo.store(), root_tree) {
+            Ok(t) => break t,
+            Err(RepoError::Store(dbox_store::StoreError::NotFound { id })) => {
+                if !ready(&[id])? {
+                    return Ok(None);
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    let outcome = apply(repo, &Cache::default(), &target, &[], repo.root(), false, false, Some(ready))?;
+    Ok(Some((target, outcome)))
+}
+
+/// Moves HEAD to `version` after [`checkout_fresh`] wrote it, and records
+/// the stat cache, as a checkout does.
+pub(crate) fn settle_fresh(
+    repo: &Repo,
+    version: &VersionId,
+    target: BTreeMap<Vec<u8>, FlatEntry>,
+    outcome: Outcome,
+) -> Result<Outcome> {
+    let _w = repo.store().writer_wait(LOCK_WAIT)?;
+    settle(repo, version, &Cache::default(), target, outcome)
+}
+
+/// Removes what [`checkout_fresh`] wrote, after the transfer failed: files
+/// still as written (by their stat), then the folders it made if empty, so
+/// that the next pull finds the tree as the clone found it.
+pub(crate) fn undo_fresh(root: &Path, outcome: &Outcome) {
+    for (p, stat) in &outcome.written_stats {
+        let abs = abs_path(root, p);
+        let now = std::fs::symlink_metadata(&abs).ok().map(|m| Stat::from_metadata(&m));
+        if now.as_ref() == Some(stat) {
+            let _ = std::fs::remove_file(&abs);
+        }
+    }
+    // Folders and links (deepest first, so folders are empty by then).
+    let mut dirs: Vec<&Vec<u8>> =
+        outcome.written.iter().filter(|p| !outcome.written_stats.contains_key(*p)).collect();
+    dirs.sort_by_key(|p| std::cmp::Reverse((p.iter().filter(|b| **b == b'/').count(), (*p).clone())));
+    for p in dirs {
+        let abs = abs_path(root, p);
+        match std::fs::symlink_metadata(&abs) {
+            Ok(m) if m.file_type().is_dir() => {
+                let _ = std::fs::remove_dir(&abs);
+            }
+            Ok(m) if m.file_type().is_symlink() => {
+                let _ = std::fs::remove_file(&abs);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// After `outcome` wrote `target` (from `base`): moves HEAD to `version`
+/// and records the stat cache.
+fn settle(
+    repo: &Repo,
+    version: &VersionId,
+    base: &Cache,
+    target: BTreeMap<Vec<u8>, FlatEntry>,
+    outcome: Outcome,
+) -> Result<Outcome> {
     repo.set_head(version)?;
     let scanned = scan(repo.root())?;
     let mut cache = Cache { head: Some(*version), written_ns: 0, entries: HashMap::new() };
@@ -366,6 +456,7 @@ pub(crate) fn checkout_locked(
 /// Plans and, if nothing would be lost (or `force`), applies the change of
 /// `root` towards `target`. `delete` removes HEAD's paths (in scope) that
 /// the target lacks.
+#[allow(clippy::too_many_arguments)]
 fn apply(
     repo: &Repo,
     base: &Cache,
@@ -374,6 +465,7 @@ fn apply(
     root: &Path,
     delete: bool,
     force: bool,
+    ready: Option<Ready>,
 ) -> Result<Outcome> {
     let store = repo.store();
     let scanned = scan(root)?;
@@ -512,8 +604,12 @@ fn apply(
     }
     // Folders first, in order (parents before children); then files and
     // links, by several threads: decrypting and writing is most of the work.
-    let (dirs, others): (Vec<&Vec<u8>>, Vec<&Vec<u8>>) =
+    let (dirs, mut others): (Vec<&Vec<u8>>, Vec<&Vec<u8>>) =
         writes.into_iter().partition(|p| matches!(target[*p].content, Content::Dir));
+    if ready.is_some() {
+        // The order a pull fetches chunks in: by depth, then by path.
+        others.sort_by_key(|p| (p.iter().filter(|b| **b == b'/').count(), *p));
+    }
     for p in dirs {
         write_entry(store, root, p, &target[p])?;
         out.written.push(p.clone());
@@ -527,6 +623,16 @@ fn apply(
             let Some(p) = others.get(i) else { return Ok(done) };
             if failed.load(std::sync::atomic::Ordering::Relaxed) {
                 return Ok(done);
+            }
+            if let (Some(ready), Content::File { chunks, .. }) = (ready, &target[*p].content) {
+                match ready(chunks) {
+                    Ok(true) => {}
+                    Ok(false) => continue,
+                    Err(e) => {
+                        failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                        return Err(e);
+                    }
+                }
             }
             match write_entry(store, root, p, &target[*p]) {
                 Ok(stat) => done.push(((*p).clone(), stat)),

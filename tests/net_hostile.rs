@@ -830,6 +830,13 @@ fn a_transfer_killed_midway_resumes() -> TestResult {
     eprintln!("first transfer kept {first} of {total} objects");
     assert!(first > 0, "what arrived before the kill was kept");
     assert!(first < total, "the kill came before the end");
+    // Files written while the content arrived are taken back: the next pull
+    // finds the working tree as empty as the clone found it.
+    let left: Vec<_> = std::fs::read_dir(&rb)?
+        .filter_map(|e| e.ok().map(|e| e.file_name()))
+        .filter(|n| n != ".dbox")
+        .collect();
+    assert!(left.is_empty(), "the failed clone left files behind: {left:?}");
     b.ok(&rb, &["fsck"])?;
 
     // The server comes back on the same address; the pull finishes the job.

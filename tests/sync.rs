@@ -276,8 +276,10 @@ fn small_edits_travel_as_deltas_both_ways() -> TestResult {
         j["wire"]["sent"].as_u64().unwrap_or(u64::MAX) + j["wire"]["received"].as_u64().unwrap_or(u64::MAX);
     let stored = j["pulled"]["bytes"].as_u64().unwrap_or(0);
     eprintln!("pull of small edits: {wire} bytes on the wire for {stored} bytes of new objects");
-    // Whole, the changed chunks alone are over 2.5 MB.
-    assert!(stored > 2_500_000, "{j}");
+    // Whole, the changed chunks alone are over 1.7 MB: ten files of 150 kB
+    // (one chunk each) and at least one chunk of 256 KiB of the large file
+    // (where it is cut depends on the repository's key).
+    assert!(stored > 1_700_000, "{j}");
     assert!(wire < 150_000, "{j}");
     assert_eq!(common::snapshot(&ra)?, common::snapshot(&rb)?);
     b.ok(&rb, &["fsck", "--read-data"])?;

@@ -20,7 +20,7 @@ use crate::identity::{format_peer_id, Device};
 use crate::members::Members;
 use crate::peers::{Book, Peer, Target};
 use crate::repo::Repo;
-use dbox_store::{PeerId, RepoId, RepoKey, VersionId};
+use dbox_store::{ObjectId, PeerId, RepoId, RepoKey, VersionId};
 
 /// Which way a sync goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -386,17 +386,67 @@ pub async fn clone(
     let session =
         Session::new(conn, token.inviter, repo.clone(), members, progress, Arc::new(|_| {}), Some(endpoint));
     let responder = tokio::spawn(session.clone().serve_requests());
-    let pulled = session.pull().await;
+    // The working tree fills while the content arrives (see
+    // `materialize::checkout_fresh`), from the newest head the pull names.
+    let (tell, told) = tokio::sync::oneshot::channel::<(VersionId, ObjectId)>();
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let early = {
+        let (repo, done) = (repo.clone(), done.clone());
+        tokio::spawn(async move {
+            let Ok((version, root)) = told.await else { return Ok(None) };
+            blocking(move || {
+                let store = repo.store().clone();
+                let ready = move |ids: &[ObjectId]| -> Result<bool> {
+                    loop {
+                        // Read before looking: once set, everything that came is stored.
+                        let finished = done.load(std::sync::atomic::Ordering::SeqCst);
+                        let mut all = true;
+                        for id in ids {
+                            if !store.contains(id)? {
+                                all = false;
+                                break;
+                            }
+                        }
+                        if all || finished {
+                            return Ok(all);
+                        }
+                        std::thread::sleep(READY_POLL);
+                    }
+                };
+                Ok(crate::materialize::checkout_fresh(&repo, &root, &ready)?.map(|(t, o)| (version, t, o)))
+            })
+            .await
+        })
+    };
+    let pulled = session.pull_telling(Some(tell)).await;
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
     let (sent, received) = session.wire_bytes();
     session.close().await;
     responder.abort();
-    let pulled = pulled?;
+    let early = early.await.map_err(|e| RepoError::Usage(format!("the checkout task failed: {e}")))?;
+    let pulled = match pulled {
+        Ok(p) => p,
+        Err(e) => {
+            if let Ok(Some((_, _, outcome))) = &early {
+                crate::materialize::undo_fresh(repo.root(), outcome);
+            }
+            return Err(e);
+        }
+    };
     let repo2 = repo.clone();
     let head = blocking(move || {
         let g = repo2.graph()?;
         let newest = g.heads().into_iter().max_by_key(|h| (g.get(h).map(|n| n.time_ms), *h));
-        if let Some(h) = newest {
-            crate::materialize::checkout(&repo2, &h, false)?;
+        match (newest, early) {
+            (Some(h), Ok(Some((v, target, outcome)))) if v == h => {
+                crate::materialize::settle_fresh(&repo2, &h, target, outcome)?;
+            }
+            // Not what the early checkout wrote (or it failed): a checkout
+            // over it, which keeps nothing that is in no version.
+            (Some(h), _) => {
+                crate::materialize::checkout(&repo2, &h, false)?;
+            }
+            (None, _) => {}
         }
         Ok(newest)
     })
@@ -416,6 +466,10 @@ pub async fn clone(
         head,
     })
 }
+
+/// How often the early checkout of a clone looks whether a file's chunks
+/// have arrived.
+const READY_POLL: Duration = Duration::from_millis(20);
 
 fn check_clone_dir(dir: &Path) -> Result<()> {
     match std::fs::read_dir(dir) {

@@ -521,6 +521,17 @@ impl Session {
     /// Takes every version the other end has and this end lacks, with
     /// everything they reach.
     pub async fn pull(self: &Arc<Self>) -> Result<Taken> {
+        self.pull_telling(None).await
+    }
+
+    /// [`Session::pull`], telling `newest` (before any tree or chunk is
+    /// fetched) the newest of the heads the new versions form, by commit
+    /// time then id, and its root tree: a clone fills its working tree
+    /// with it while the content arrives.
+    pub async fn pull_telling(
+        self: &Arc<Self>,
+        newest: Option<tokio::sync::oneshot::Sender<(VersionId, ObjectId)>>,
+    ) -> Result<Taken> {
         let deltas_before = self.progress.deltas.load(Ordering::Relaxed);
         let carried_before = self.progress.carried.load(Ordering::Relaxed);
         let remote_heads = self.heads().await?;
@@ -615,6 +626,18 @@ impl Session {
             }
         }
         let order = topological(&versions, &local)?;
+        if let Some(tell) = newest {
+            let parents: HashSet<VersionId> =
+                versions.values().flat_map(|(v, _)| v.body().parents.iter().copied()).collect();
+            let head = versions
+                .iter()
+                .filter(|(id, _)| !parents.contains(id))
+                .max_by_key(|(id, (_, info))| (info.time_ms, **id))
+                .map(|(id, (v, _))| (*id, v.body().root));
+            if let Some(head) = head {
+                let _ = tell.send(head);
+            }
+        }
 
         // Everything they reach, stored before any of them is recorded.
         let (tx, rx) = tokio::sync::mpsc::channel::<(ObjectId, Vec<u8>)>(STORE_QUEUE);
