@@ -19,9 +19,11 @@ use crate::ui::Ui;
 /// the token names), proves the token, becomes a member, receives the
 /// repository key over the authenticated connection, fetches every version
 /// and checks out the newest head into DIR (default: `dbox-` and the first
-/// digits of the repository id). The inviter is saved as the peer
-/// `origin`, so `dbox sync origin` works afterwards. If the transfer is
-/// interrupted after joining, `dbox -C DIR pull origin` finishes it.
+/// digits of the repository id); files are written as their content
+/// arrives. The inviter is saved as the peer `origin`, so `dbox sync
+/// origin` works afterwards. If the transfer is interrupted after joining,
+/// the files already written are taken back, and `dbox -C DIR pull origin`
+/// finishes it.
 ///
 ///     dbox clone dbxinv... ~/Shared
 #[derive(Debug, clap::Args)]
