@@ -3,9 +3,14 @@
 //!
 //! `status` and `commit` trust an entry whose `lstat` data is unchanged and
 //! rehash only the rest, as git's index does. An entry is *racy* — and
-//! rehashed anyway — when its mtime is within [`RACY_NS`] of the moment the
-//! cache was written, since a write in the same clock tick would leave the
-//! mtime unchanged.
+//! rehashed anyway — when its mtime or ctime is within a window of the
+//! moment the cache was written, since a write in the same clock tick would
+//! leave them unchanged. The window is [`RACY_NS`] (2 s, for filesystems
+//! that keep whole or even seconds), or [`FINE_RACY_NS`] when the entry's own
+//! timestamps have a sub-second part, which shows that its filesystem keeps
+//! fine times (the kernel's file clock advances every few milliseconds).
+//! So after a checkout only the files written in its last tenth of a second
+//! are rehashed by the next `status`, not those of its last two seconds.
 //!
 //! The cache is only a hint: a missing or damaged cache is rebuilt from
 //! HEAD, never an error. Layout (little endian): magic `DBOXCACH`, version
@@ -33,6 +38,18 @@ const FORMAT: u32 = 1;
 const MAX_CACHE_FILE: u64 = 512 << 20;
 /// Entries modified this close to the cache's writing are rehashed.
 pub const RACY_NS: i64 = 2_000_000_000;
+/// The same, for an entry whose timestamps show sub-second precision.
+pub const FINE_RACY_NS: i64 = 100_000_000;
+
+/// The racy window for an entry with this stat (see the module docs).
+fn racy_window(s: &Stat) -> i64 {
+    const SECOND: i64 = 1_000_000_000;
+    if s.ctime_ns.rem_euclid(SECOND) != 0 || s.mtime_ns.rem_euclid(SECOND) != 0 {
+        FINE_RACY_NS
+    } else {
+        RACY_NS
+    }
+}
 
 /// What HEAD holds at a path.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -115,7 +132,7 @@ impl Cache {
         let Some(s) = e.stat.as_ref() else { return false };
         // ctime too: the kernel sets it on every write, so an edit that
         // keeps the mtime (cp -p) is still seen.
-        let racy = s.mtime_ns.max(s.ctime_ns) >= self.written_ns.saturating_sub(RACY_NS);
+        let racy = s.mtime_ns.max(s.ctime_ns) >= self.written_ns.saturating_sub(racy_window(s));
         s == stat && !racy
     }
 
@@ -131,9 +148,9 @@ impl Cache {
         self.written_ns = now_ns();
         // Entries racy now lose their stat, so no later save can make them
         // trusted without a rehash.
-        let limit = self.written_ns.saturating_sub(RACY_NS);
+        let now = self.written_ns;
         for e in self.entries.values_mut() {
-            if e.stat.is_some_and(|s| s.mtime_ns.max(s.ctime_ns) >= limit) {
+            if e.stat.is_some_and(|s| s.mtime_ns.max(s.ctime_ns) >= now.saturating_sub(racy_window(&s))) {
                 e.stat = None;
             }
         }
@@ -271,6 +288,37 @@ fn decode(bytes: &[u8]) -> Option<Cache> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_racy_window_follows_the_timestamps_precision() {
+        let c = Cache { head: None, written_ns: 100 * 1_000_000_000 + 500_000_000, entries: HashMap::new() };
+        let entry = |mtime_ns, ctime_ns| {
+            let stat = Stat { size: 1, mtime_ns, ctime_ns, ino: 1, mode: 0o100644 };
+            (CacheEntry { content: Content::Dir, stat: Some(stat) }, stat)
+        };
+        // Fine times: written 0.3 s before the cache, trusted; 0.05 s, not.
+        let (e, s) = entry(100_200_000_000, 100_200_000_001);
+        assert!(c.entry_trusted(&e, &s));
+        let (e, s) = entry(100_450_000_000, 100_450_000_007);
+        assert!(!c.entry_trusted(&e, &s));
+        // Whole seconds: anything within 2 s is racy.
+        let (e, s) = entry(99_000_000_000, 99_000_000_000);
+        assert!(!c.entry_trusted(&e, &s));
+        let (e, s) = entry(98_000_000_000, 98_000_000_000);
+        assert!(c.entry_trusted(&e, &s));
+        // Saving drops the stats of entries racy at that moment.
+        let mut c = Cache::default();
+        let (fresh, _) = entry(now_ns(), now_ns() + 1);
+        let (old, _) = entry(1_000_000_001, 1_000_000_001);
+        c.entries.insert(b"fresh".to_vec(), fresh);
+        c.entries.insert(b"old".to_vec(), old);
+        let dir = std::env::temp_dir().join(format!("dbox-cache-test-{}", std::process::id()));
+        assert!(std::fs::create_dir_all(&dir).is_ok());
+        assert!(c.save(&dir.join("cache")).is_ok());
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(c.entries[&b"fresh".to_vec()].stat.is_none());
+        assert!(c.entries[&b"old".to_vec()].stat.is_some());
+    }
 
     #[test]
     fn round_trip_and_damage() {
