@@ -1060,22 +1060,34 @@ enum Serving {
     WrongDeltas,
     /// Answers objects offered without a base by a delta nobody asked for.
     UnaskedDeltas,
+    /// Answers every object offered with a base by a tiny delta that
+    /// rebuilds the largest payload of its kind (not the object).
+    HugeDeltas,
+}
+
+/// What [`serve_repo`] saw and did.
+#[derive(Default)]
+struct Served {
+    /// Objects asked for without a base.
+    whole: std::sync::atomic::AtomicUsize,
+    /// Deltas sent.
+    deltas: std::sync::atomic::AtomicUsize,
 }
 
 /// Answers `repo`'s requests like a member would, except for `Get`s
-/// ([`Serving`]). `whole` counts the objects asked for without a base.
+/// ([`Serving`]).
 fn serve_repo(
     conn: quinn::Connection,
     repo: Repo,
     serving: Serving,
-    whole: Arc<std::sync::atomic::AtomicUsize>,
+    served: Arc<Served>,
 ) -> tokio::task::JoinHandle<()> {
     let gets = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     tokio::spawn(async move {
         while let Ok((mut send, mut recv)) = conn.accept_bi().await {
             let repo = repo.clone();
             let gets = gets.clone();
-            let whole = whole.clone();
+            let served = served.clone();
             tokio::spawn(async move {
                 let Ok(req) = read_msg::<Request>(&mut recv, "a request").await else { return };
                 let g = match repo.graph() {
@@ -1118,7 +1130,7 @@ fn serve_repo(
                                     _ => None,
                                 };
                                 if base.is_none() {
-                                    whole.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                                    served.whole.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                                 }
                                 let b = repo.store().try_get_raw(&id).ok().flatten();
                                 match (serving, base, &b) {
@@ -1137,7 +1149,19 @@ fn serve_repo(
                                                 .ok_or(NetError::Local("no delta".into()))?,
                                             _ => vec![1, 2, 3, 4],
                                         };
+                                        served.deltas.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                                         write_delta(&mut send, &id, &base, &delta).await?;
+                                        continue;
+                                    }
+                                    (Serving::HugeDeltas, Some(base), Some(stored)) => {
+                                        let size = match dbox::store::ObjectKind::of_stored(stored) {
+                                            Ok(dbox::store::ObjectKind::Tree) => {
+                                                dbox::store::limits::MAX_TREE_SIZE
+                                            }
+                                            _ => dbox::store::limits::MAX_CHUNK_SIZE,
+                                        };
+                                        served.deltas.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                                        write_delta(&mut send, &id, &base, &rle_delta(size as u64)).await?;
                                         continue;
                                     }
                                     (Serving::UnaskedDeltas, None, Some(_)) => {
@@ -1163,15 +1187,15 @@ fn serve_repo(
 
 /// Connects as `b`, announces `b`'s head to the server `a` and answers the
 /// server's pull from `b`'s repository as `serving` says; returns the
-/// server's answer and how many objects it asked for without a base.
-fn push_served(p: &Pair, serving: Serving) -> R<(Response, usize)> {
+/// server's answer and what was served.
+fn push_served(p: &Pair, serving: Serving) -> R<(Response, Arc<Served>)> {
     let addr = p.server.sock()?;
     let a_id = p.a.peer_id()?;
     let rb = Repo::open(&p.rb)?;
     let repo_id = rb.store().repo_id();
     let head = rb.graph()?.heads()[0];
     let key = p.b.device()?;
-    let whole = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let served = Arc::new(Served::default());
     let rt = runtime()?;
     let answer = rt.block_on(async {
         let (ep, conn) = raw_connect(key.signing_key(), a_id, addr, dbox::net::ALPN).await?;
@@ -1179,7 +1203,7 @@ fn push_served(p: &Pair, serving: Serving) -> R<(Response, usize)> {
             Welcome::Ok { .. } => {}
             Welcome::Refused { reason } => return Err(format!("refused: {reason}").into()),
         }
-        let responder = serve_repo(conn.clone(), rb.clone(), serving, whole.clone());
+        let responder = serve_repo(conn.clone(), rb.clone(), serving, served.clone());
         let (mut send, mut recv) = conn.open_bi().await?;
         write_msg(&mut send, &Request::Announce { heads: ids_to_wire([head.0]) }).await?;
         let _ = send.finish();
@@ -1190,7 +1214,7 @@ fn push_served(p: &Pair, serving: Serving) -> R<(Response, usize)> {
         drop(ep);
         Ok::<_, Box<dyn std::error::Error>>(r??)
     })?;
-    Ok((answer, whole.load(std::sync::atomic::Ordering::SeqCst)))
+    Ok((answer, served))
 }
 
 /// A member whose deltas do not rebuild the objects asked for (well-formed
@@ -1204,7 +1228,8 @@ fn deltas_that_do_not_give_the_object_are_fetched_whole() -> TestResult {
     write(&p.rb.join("data.bin"), &data)?;
     write(&p.rb.join("notes/plan.md"), "one\ntwo\nthree\n")?;
     p.b.ok(&p.rb, &["commit", "-m", "edits on b"])?;
-    let (answer, whole) = push_served(&p, Serving::WrongDeltas)?;
+    let (answer, served) = push_served(&p, Serving::WrongDeltas)?;
+    let whole = served.whole.load(std::sync::atomic::Ordering::SeqCst);
     assert!(matches!(answer, Response::Announced(ref t) if t.versions == 1), "{answer:?}");
     // The version and the two trees and one chunk offered with bases, all
     // asked for again whole (the small text file's chunk has no base).
@@ -1230,6 +1255,142 @@ fn a_delta_nobody_asked_for_is_refused() -> TestResult {
     expect_refusal("an unasked delta", Ok(answer), "was not offered")?;
     assert_eq!(version_count(&p.a, &p.ra)?, before);
     p.a.ok(&p.ra, &["fsck", "--read-data"])?;
+    Ok(())
+}
+
+/// A zstd frame by hand, as a delta: a 1 MiB window and `size` bytes of
+/// RLE blocks, 4 bytes per 128 KiB.
+fn rle_delta(size: u64) -> Vec<u8> {
+    let mut f = vec![1u8];
+    f.extend_from_slice(&0xFD2F_B528u32.to_le_bytes());
+    f.push(0xC0);
+    f.push(10 << 3);
+    f.extend_from_slice(&size.to_le_bytes());
+    let mut left = size;
+    while left > 0 {
+        let n = left.min(128 * 1024);
+        left -= n;
+        let h = u32::from(left == 0) | (1 << 1) | ((n as u32) << 3);
+        f.extend_from_slice(&h.to_le_bytes()[..3]);
+        f.push(0x5a);
+    }
+    f
+}
+
+/// A member that answers with tiny deltas which rebuild huge wrong
+/// payloads gets one of them decoded: the server then stops offering it
+/// bases and takes everything whole; the push completes with the right
+/// data.
+#[test]
+fn after_one_wrong_delta_a_session_takes_objects_whole() -> TestResult {
+    let p = pair()?;
+    let mut data = std::fs::read(p.rb.join("data.bin"))?;
+    data.splice(100_000..100_000, common::bytes(41, 100));
+    write(&p.rb.join("data.bin"), &data)?;
+    write(&p.rb.join("notes/plan.md"), "one\ntwo\nthree\n")?;
+    p.b.ok(&p.rb, &["commit", "-m", "edits on b"])?;
+    let (answer, served) = push_served(&p, Serving::HugeDeltas)?;
+    assert!(matches!(answer, Response::Announced(ref t) if t.versions == 1), "{answer:?}");
+    // The root tree came as a delta in the first request with bases; once
+    // it failed, no more bases were offered (the tree below it and the
+    // chunks were asked for without).
+    let deltas = served.deltas.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(deltas, 1, "{deltas} wrong deltas were sent");
+    p.a.ok(&p.ra, &["fsck", "--read-data"])?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read(p.ra.join("data.bin"))? != data {
+        assert!(Instant::now() < deadline, "the server's working tree did not move");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+/// An old chunk damaged on disk is not a base: the new chunk that replaces
+/// it is taken whole and the pull completes.
+#[test]
+fn a_damaged_base_does_not_stop_a_pull() -> TestResult {
+    let p = pair()?;
+    let packs = p.rb.join(".dbox/store/packs");
+    let mut biggest: Option<(u64, PathBuf)> = None;
+    for e in std::fs::read_dir(&packs)? {
+        let e = e?;
+        let len = e.metadata()?.len();
+        if biggest.as_ref().is_none_or(|(l, _)| len > *l) {
+            biggest = Some((len, e.path()));
+        }
+    }
+    let (_, pack) = biggest.ok_or("no pack")?;
+    let mut bytes = std::fs::read(&pack)?;
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&pack, &bytes)?;
+    let fsck = p.b.run(&p.rb, &["fsck", "--read-data"])?;
+    assert_ne!(fsck.code, 0, "the damage went unnoticed: {fsck:?}");
+    let mut data = std::fs::read(p.ra.join("data.bin"))?;
+    data.splice(150_000..150_000, common::bytes(4, 100));
+    write(&p.ra.join("data.bin"), &data)?;
+    p.a.ok(&p.ra, &["commit", "-m", "edit on a"])?;
+    let r = p.b.run(&p.rb, &["pull", "origin"])?;
+    assert_eq!(r.code, 0, "the pull failed on the damaged old chunk: {r:?}");
+    assert_eq!(std::fs::read(p.rb.join("data.bin"))?, data);
+    Ok(())
+}
+
+/// Bases a requester names that do not make a delta get the object whole:
+/// the object itself, a version, a missing object; bases that do not fit
+/// the ids end the request; the server keeps serving.
+#[test]
+fn odd_bases_get_objects_whole() -> TestResult {
+    let mut p = pair()?;
+    let repo = Repo::open(&p.ra)?;
+    let head = repo.graph()?.heads()[0];
+    let (v, _) = repo.version(&head)?;
+    let root = repo.store().get_tree(&v.body().root)?;
+    let data = match root.get(b"data.bin").map(|e| &e.node) {
+        Some(dbox::store::Node::File { chunks, .. }) => chunks[0],
+        _ => return Err("no data.bin".into()),
+    };
+    let addr = p.server.sock()?;
+    let a_id = p.a.peer_id()?;
+    let key = p.b.device()?;
+    let repo_id = repo.store().repo_id();
+    let rt = runtime()?;
+    rt.block_on(async {
+        let (ep, conn) = raw_connect(key.signing_key(), a_id, addr, dbox::net::ALPN).await?;
+        match raw_hello(&conn, &hello(repo_id, None, Vec::new())).await? {
+            Welcome::Ok { .. } => {}
+            Welcome::Refused { reason } => return Err(format!("refused: {reason}").into()),
+        }
+        let id = |o: ObjectId| ByteBuf::from(o.0.to_vec());
+        for (what, base) in [
+            ("itself", id(data)),
+            ("a version", ByteBuf::from(head.0.to_vec())),
+            ("a missing object", ByteBuf::from(vec![7; 32])),
+        ] {
+            let (mut send, mut recv) = conn.open_bi().await?;
+            write_msg(&mut send, &Request::Get { ids: vec![id(data); 3], bases: vec![base; 3] }).await?;
+            let _ = send.finish();
+            for _ in 0..3 {
+                let (_, f) =
+                    tokio::time::timeout(STEP, dbox::net::wire::read_object(&mut recv, 1 << 24)).await??;
+                assert!(matches!(f, dbox::net::wire::Frame::Whole(_)), "against {what}: {f:?}");
+            }
+        }
+        for (what, ids, bases) in [
+            ("one base too many", vec![id(data)], vec![id(data), id(data)]),
+            ("a base of 31 bytes", vec![id(data)], vec![ByteBuf::from(vec![1; 31])]),
+        ] {
+            let (mut send, mut recv) = conn.open_bi().await?;
+            write_msg(&mut send, &Request::Get { ids, bases }).await?;
+            let _ = send.finish();
+            let r = tokio::time::timeout(STEP, dbox::net::wire::read_object(&mut recv, 1 << 24)).await?;
+            assert!(r.is_err(), "{what}: {r:?}");
+        }
+        conn.close(0u32.into(), b"");
+        drop(ep);
+        Ok::<_, Box<dyn std::error::Error>>(())
+    })?;
+    p.server.assert_alive()?;
     Ok(())
 }
 

@@ -93,6 +93,10 @@ pub struct Session {
     graph: Kept<Arc<Graph>>,
     served: AtomicU64,
     gets: tokio::sync::Semaphore,
+    /// Set once a delta from the peer did not give the object: from then
+    /// on this end offers it no bases (its encoder may differ from ours,
+    /// or it is hostile) and takes objects whole.
+    no_deltas: std::sync::atomic::AtomicBool,
     pulling: tokio::sync::Mutex<()>,
     /// Counts of the pull running in this session.
     pub progress: Arc<Progress>,
@@ -121,6 +125,7 @@ impl Session {
             graph: Kept::new(versions_log),
             served: AtomicU64::new(0),
             gets: tokio::sync::Semaphore::new(SERVING_GETS_PER_SESSION),
+            no_deltas: std::sync::atomic::AtomicBool::new(false),
             pulling: tokio::sync::Mutex::new(()),
             progress,
             log,
@@ -247,7 +252,7 @@ impl Session {
         let mut ask = ids.to_vec();
         let mut with = bases.to_vec();
         while !ask.is_empty() {
-            let offered = if with.iter().any(Option::is_some) {
+            let offered = if with.iter().any(Option::is_some) && !self.no_deltas.load(Ordering::Relaxed) {
                 with.iter().map(|b| ByteBuf::from(b.map_or_else(Vec::new, |b| b.0.to_vec()))).collect()
             } else {
                 Vec::new()
@@ -289,13 +294,21 @@ impl Session {
                             ))
                             .into());
                         }
-                        let store = self.repo.store().clone();
-                        let want = *want;
                         let n = delta.len();
-                        match blocking(move || rebuild(&store, kind, &want, &base, &delta)).await? {
+                        let rebuilt = if self.no_deltas.load(Ordering::Relaxed) {
+                            // One delta already failed: take the rest whole, unread.
+                            None
+                        } else {
+                            let store = self.repo.store().clone();
+                            let want = *want;
+                            blocking(move || rebuild(&store, kind, &want, &base, &delta)).await?
+                        };
+                        match rebuilt {
                             Some(bytes) => (bytes, n, true),
                             None => {
-                                again.push(want);
+                                self.no_deltas.store(true, Ordering::Relaxed);
+                                self.progress.carried.fetch_add(n as u64, Ordering::Relaxed);
+                                again.push(*want);
                                 continue;
                             }
                         }
@@ -479,6 +492,7 @@ impl Session {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<(ObjectId, Frame)>(2);
         let reader = tokio::task::spawn_blocking(move || {
             let mut refreshed = false;
+            let mut budget = DeltaBudget::default();
             for (i, id) in ids.into_iter().enumerate() {
                 let b = match store.try_get_raw(&id) {
                     Ok(Some(b)) => Some(b),
@@ -492,7 +506,7 @@ impl Session {
                 let frame = match (b, bases.get(i).copied().flatten()) {
                     (None, _) => Frame::Missing,
                     (Some(b), None) => Frame::Whole(b),
-                    (Some(b), Some(base)) => match delta_of(&store, &b, &base) {
+                    (Some(b), Some(base)) => match delta_of(&store, &b, &id, &base, &mut budget) {
                         Some(delta) => Frame::Delta { base, delta },
                         None => Frame::Whole(b),
                     },
@@ -884,10 +898,17 @@ fn payload_limit(kind: ObjectKind) -> usize {
 /// so an edit changes the chunks around it and leaves the others: after the
 /// common first and last chunks, the changed new chunks are paired in order
 /// with the changed old ones (the last old one pairing the rest). A new
-/// chunk already paired keeps its base.
+/// chunk already paired keeps its base. A file of more than two chunks
+/// that keeps neither its first nor its last chunk was rewritten, not
+/// edited: its chunks get no bases.
 fn pair_chunks(new: &[ObjectId], old: &[ObjectId], bases: &mut HashMap<ObjectId, ObjectId>) {
     let head = new.iter().zip(old).take_while(|(a, b)| a == b).count();
     let tail = new[head..].iter().rev().zip(old[head..].iter().rev()).take_while(|(a, b)| a == b).count();
+    if head == 0 && tail == 0 && new.len() > 2 {
+        // Nothing kept at either end of a file of several chunks: rewritten
+        // wholesale, not edited, so deltas would not pay.
+        return;
+    }
     let (new_mid, old_mid) = (&new[head..new.len() - tail], &old[head..old.len() - tail]);
     let Some(last) = old_mid.last() else { return };
     for (i, c) in new_mid.iter().enumerate() {
@@ -895,41 +916,110 @@ fn pair_chunks(new: &[ObjectId], old: &[ObjectId], bases: &mut HashMap<ObjectId,
     }
 }
 
-/// Deltas being made at once by this process; beyond, objects go whole.
-static DELTAS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-/// Most deltas made at once (each holds two payloads of up to 4 MiB).
-const MAX_DELTAS: usize = 8;
 /// Objects smaller than this always go whole.
 const MIN_DELTA_OBJECT: usize = 512;
+/// Payload bytes one `Get` may decode to make deltas; past this, objects go
+/// whole. An honest batch of 128 changed chunks of 1 MiB stays under it.
+const DELTA_WORK_PER_GET: usize = 320 << 20;
+/// After this many deltas in a row that do not pay, a `Get` stops trying.
+const DELTA_MISSES: u32 = 8;
+/// Longest wait for a turn to make a delta before the object goes whole.
+const DELTA_TURN: Duration = Duration::from_secs(1);
 
-/// `stored` (an object this end holds) as a delta against the payload of
-/// `base`, if `base` is held, of the same kind, and the delta is at most
-/// 7/8 of the stored bytes; otherwise `None` (the object goes whole).
-fn delta_of(store: &dbox_store::Store, stored: &[u8], base: &ObjectId) -> Option<Vec<u8>> {
-    struct Slot;
-    impl Drop for Slot {
-        fn drop(&mut self) {
-            DELTAS.fetch_sub(1, Ordering::Relaxed);
+/// Deltas being made at once by this process (at most one per core, so a
+/// requester cannot keep more than the machine busy).
+static DELTA_TURNS: (std::sync::Mutex<usize>, std::sync::Condvar) =
+    (std::sync::Mutex::new(0), std::sync::Condvar::new());
+
+/// A turn at making a delta, given back when dropped.
+struct DeltaTurn;
+
+impl DeltaTurn {
+    /// Waits up to [`DELTA_TURN`] for a turn.
+    fn take() -> Option<Self> {
+        let most = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let (lock, freed) = &DELTA_TURNS;
+        let busy = lock.lock().ok()?;
+        let (mut busy, _) = freed.wait_timeout_while(busy, DELTA_TURN, |b| *b >= most).ok()?;
+        if *busy >= most {
+            return None;
         }
+        *busy += 1;
+        Some(DeltaTurn)
     }
+}
+
+impl Drop for DeltaTurn {
+    fn drop(&mut self) {
+        let (lock, freed) = &DELTA_TURNS;
+        if let Ok(mut busy) = lock.lock() {
+            *busy = busy.saturating_sub(1);
+        }
+        freed.notify_one();
+    }
+}
+
+/// What one `Get` has spent on deltas, and the last base it decoded (bases
+/// repeat: one old chunk pairs all the new chunks of its file).
+#[derive(Default)]
+struct DeltaBudget {
+    work: usize,
+    misses: u32,
+    base: Option<(ObjectId, Vec<u8>)>,
+}
+
+/// `stored` (object `id`, which this end holds) as a delta against the
+/// payload of `base`, if `base` is another object held here of the same
+/// kind, both fit a delta's span, the `Get` is within its budget, and the
+/// delta is at most 7/8 of the stored bytes; otherwise `None` (the object
+/// goes whole).
+fn delta_of(
+    store: &dbox_store::Store,
+    stored: &[u8],
+    id: &ObjectId,
+    base: &ObjectId,
+    budget: &mut DeltaBudget,
+) -> Option<Vec<u8>> {
+    use dbox_store::delta::MAX_SPAN;
     let kind = ObjectKind::of_stored(stored).ok().filter(|k| *k != ObjectKind::Version)?;
-    if stored.len() < MIN_DELTA_OBJECT {
+    if base == id
+        || stored.len() < MIN_DELTA_OBJECT
+        || stored.len() > MAX_SPAN
+        || budget.misses >= DELTA_MISSES
+        || budget.work >= DELTA_WORK_PER_GET
+    {
         return None;
     }
-    let _slot = Slot;
-    if DELTAS.fetch_add(1, Ordering::Relaxed) >= MAX_DELTAS {
-        return None;
+    let _turn = DeltaTurn::take()?;
+    let made = (|| {
+        if budget.base.as_ref().map(|(b, _)| b) != Some(base) {
+            budget.base = None;
+            let raw = store.try_get_raw(base).ok()??;
+            if raw.len() > MAX_SPAN || ObjectKind::of_stored(&raw).ok()? != kind {
+                return None;
+            }
+            let old = object::open(store.keys(), kind, &raw).ok()?;
+            budget.work += old.len();
+            budget.base = Some((*base, old));
+        }
+        let new = object::open(store.keys(), kind, stored).ok()?;
+        budget.work += new.len();
+        let (_, old) = budget.base.as_ref()?;
+        let delta = dbox_store::delta::encode(old, &new)?;
+        (delta.len() + 32 < stored.len() - stored.len() / 8).then_some(delta)
+    })();
+    match made {
+        Some(_) => budget.misses = 0,
+        None => budget.misses += 1,
     }
-    let old = store.get_payload(base, kind).ok()?;
-    let new = object::open(store.keys(), kind, stored).ok()?;
-    let delta = dbox_store::delta::encode(&old, &new)?;
-    (delta.len() + 32 < stored.len() - stored.len() / 8).then_some(delta)
+    made
 }
 
 /// Rebuilds object `want` of `kind` from a delta against `base` (held
 /// here): the payload is decoded, sealed again and must hash to `want`.
-/// `None` if it does not (a wrong delta, or a peer whose encoder differs):
-/// the caller then asks for the object whole.
+/// `None` if it does not (a wrong delta, or a peer whose encoder differs),
+/// or if the base cannot be read (damaged here): the caller then asks for
+/// the object whole.
 fn rebuild(
     store: &dbox_store::Store,
     kind: ObjectKind,
@@ -937,7 +1027,7 @@ fn rebuild(
     base: &ObjectId,
     delta: &[u8],
 ) -> Result<Option<Vec<u8>>> {
-    let old = store.get_payload(base, kind)?;
+    let Ok(old) = store.get_payload(base, kind) else { return Ok(None) };
     let Ok(new) = dbox_store::delta::decode(&old, delta, payload_limit(kind)) else { return Ok(None) };
     let (id, stored) = object::seal(store.keys(), kind, &new);
     Ok((id == *want).then_some(stored))
@@ -1173,6 +1263,9 @@ mod tests {
         // The same chunk repeated: the ends never overlap.
         assert_eq!(paired(&[1, 1, 1], &[1, 1]), vec![]);
         assert_eq!(paired(&[1, 7, 1], &[1, 1]), vec![]);
+        // A rewritten file of several chunks gets none.
+        assert_eq!(paired(&[7, 8, 9], &[1, 2, 3]), vec![]);
+        assert_eq!(paired(&[7, 8], &[1, 2]), vec![(7, 1), (8, 2)]);
         // A chunk already paired keeps its first base.
         let mut m = HashMap::new();
         pair_chunks(&ids(&[9]), &ids(&[3]), &mut m);

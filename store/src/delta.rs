@@ -18,11 +18,13 @@
 //!        payload as a referenced prefix (zstd's "patch-from")
 //! ```
 //!
-//! The frame's window covers the base and the target together, at most
-//! 2^[`MAX_WINDOW_LOG`] bytes. [`decode`] refuses another version, a frame
-//! without a content size or with one over the caller's limit, a window
-//! over that bound, and trailing bytes; it allocates exactly the declared
-//! size.
+//! The frame's window covers the base and the target together, so [`encode`]
+//! makes deltas only where the two together are at most [`MAX_SPAN`]
+//! bytes. [`decode`] refuses another version, a frame without a content
+//! size or with one over the caller's limit (and over what `encode` could
+//! have made against this base), and trailing bytes. It decodes in one
+//! pass into a buffer of exactly the declared size, which needs no window
+//! buffer, so a frame declaring a huge window costs no more memory.
 //!
 //! zstd finds the matches: with the base as a prefix, an insertion of 100
 //! random bytes into 1 MiB of random data costs about 1.2 KB (zstd's block
@@ -31,15 +33,17 @@
 //! decides by comparing the delta's size with the stored object's.
 
 use crate::error::DecodeError;
-use zstd::zstd_safe::{self, CCtx, CParameter, DCtx, DParameter};
+use zstd::zstd_safe::{self, CCtx, CParameter, DCtx};
 
 /// Delta format version, byte 0 of every delta.
 pub const DELTA_FORMAT: u8 = 1;
 /// zstd level of deltas (the same as objects').
 const LEVEL: i32 = crate::object::ZSTD_LEVEL;
-/// Largest window a delta may need: 16 MiB covers the largest chunk (4 MiB)
-/// and the largest tree twice over.
+/// Largest window a delta uses.
 pub const MAX_WINDOW_LOG: u32 = 24;
+/// Most bytes of base and target together that a delta is made for
+/// (16 MiB: the largest chunk twice over).
+pub const MAX_SPAN: usize = 1 << MAX_WINDOW_LOG;
 /// zstd's hash table size at level 3 (2^17 entries), enough for bases up
 /// to 1 MiB; larger bases get a larger table.
 const DEFAULT_HASH_LOG: u32 = 17;
@@ -55,12 +59,12 @@ fn zstd_err(code: usize) -> String {
 /// object).
 pub fn encode(base: &[u8], target: &[u8]) -> Option<Vec<u8>> {
     let span = base.len().checked_add(target.len())?;
+    if span > MAX_SPAN {
+        return None;
+    }
     let mut log = MIN_WINDOW_LOG;
     while (1usize << log) < span {
         log += 1;
-        if log > MAX_WINDOW_LOG {
-            return None;
-        }
     }
     let mut cx = CCtx::try_create()?;
     cx.set_parameter(CParameter::CompressionLevel(LEVEL)).ok()?;
@@ -84,9 +88,11 @@ pub fn encode(base: &[u8], target: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// Rebuilds the target payload from `base` and a delta made by [`encode`];
-/// the result is at most `limit` bytes. The caller checks the result (by
-/// sealing it and comparing the id).
+/// the result is at most `limit` bytes, and at most what `encode` makes a
+/// delta for against this base. The caller checks the result (by sealing
+/// it and comparing the id).
 pub fn decode(base: &[u8], delta: &[u8], limit: usize) -> Result<Vec<u8>, DecodeError> {
+    let limit = limit.min(MAX_SPAN.saturating_sub(base.len()));
     let (&version, frame) =
         delta.split_first().ok_or(DecodeError::Truncated { what: "delta", needed: 1, available: 0 })?;
     if version != DELTA_FORMAT {
@@ -106,8 +112,6 @@ pub fn decode(base: &[u8], delta: &[u8], limit: usize) -> Result<Vec<u8>, Decode
         Err(code) => return Err(DecodeError::Decompress(format!("delta frame: {}", zstd_err(code)))),
     }
     let mut dx = DCtx::try_create().ok_or_else(|| DecodeError::Decompress("out of memory".into()))?;
-    dx.set_parameter(DParameter::WindowLogMax(MAX_WINDOW_LOG))
-        .map_err(|c| DecodeError::Decompress(zstd_err(c)))?;
     dx.ref_prefix(base).map_err(|c| DecodeError::Decompress(zstd_err(c)))?;
     let mut out: Vec<u8> = Vec::with_capacity(declared as usize);
     dx.decompress(&mut out, frame).map_err(|c| DecodeError::Decompress(format!("delta: {}", zstd_err(c))))?;
@@ -174,10 +178,24 @@ mod tests {
     }
 
     #[test]
-    fn a_window_over_the_bound_is_refused() {
-        // A frame that needs a 128 MiB window, made by hand.
+    fn output_is_bounded_by_what_encode_makes() {
+        // A target that would need more than the span decodes to nothing.
+        let base = noise(MAX_SPAN - 1000, 5);
+        let target = noise(2000, 6);
+        assert!(encode(&base, &target).is_none());
+        // A frame declaring more than the span allows against this base.
         let mut cx = CCtx::create();
-        let _ = cx.set_parameter(CParameter::WindowLog(27));
+        let mut body = Vec::with_capacity(1 << 16);
+        assert!(cx.compress2(&mut body, &target).is_ok());
+        let mut d = vec![DELTA_FORMAT];
+        d.extend_from_slice(&body);
+        assert!(matches!(decode(&base, &d, 1 << 30), Err(DecodeError::TooLarge { .. })));
+        assert_eq!(decode(&[], &d, 1 << 30).ok(), Some(target));
+    }
+
+    #[test]
+    fn a_frame_without_content_size_is_refused() {
+        let mut cx = CCtx::create();
         let _ = cx.set_parameter(CParameter::ContentSizeFlag(false));
         let mut body = Vec::with_capacity(1 << 16);
         let data = noise(1 << 15, 4);
