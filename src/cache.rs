@@ -11,6 +11,10 @@
 //! fine times (the kernel's file clock advances every few milliseconds).
 //! So after a checkout only the files written in its last tenth of a second
 //! are rehashed by the next `status`, not those of its last two seconds.
+//! The moment of writing is the earlier of this machine's clock and the
+//! file system's (a file created next to the cache), so a network file
+//! system whose server clock is behind does not make entries look older
+//! than they are.
 //!
 //! The cache is only a hint: a missing or damaged cache is rebuilt from
 //! HEAD, never an error. Layout (little endian): magic `DBOXCACH`, version
@@ -112,6 +116,17 @@ pub struct Cache {
     pub entries: HashMap<Vec<u8>, CacheEntry>,
 }
 
+/// The file system's clock next to `path`: the mtime of a file created
+/// there and removed at once.
+fn fs_now_ns(path: &Path) -> Option<i64> {
+    use std::os::unix::fs::MetadataExt;
+    let probe = path.with_extension(format!("clock-{}", std::process::id()));
+    let made = std::fs::File::create(&probe).and_then(|f| f.metadata());
+    let _ = std::fs::remove_file(&probe);
+    let m = made.ok()?;
+    m.mtime().checked_mul(1_000_000_000)?.checked_add(m.mtime_nsec())
+}
+
 /// Now, in ns since the epoch.
 pub fn now_ns() -> i64 {
     std::time::SystemTime::now()
@@ -145,7 +160,12 @@ impl Cache {
 
     /// Writes the cache durably.
     pub fn save(&mut self, path: &Path) -> Result<()> {
-        self.written_ns = now_ns();
+        // The earlier of this machine's clock and the file system's (a
+        // network file system stamps files with its server's clock, which
+        // may be behind), so that the window is never measured from a
+        // moment later than the one files written now are stamped with.
+        let wall = now_ns();
+        self.written_ns = fs_now_ns(path).map_or(wall, |fs| fs.min(wall));
         // Entries racy now lose their stat, so no later save can make them
         // trusted without a rehash.
         let now = self.written_ns;

@@ -60,6 +60,18 @@ pub struct Outcome {
     pub written_stats: HashMap<Vec<u8>, Stat>,
     /// Things left as they were, as sentences.
     pub warnings: Vec<String>,
+    /// For [`checkout_fresh`]: some path was not written (its content never
+    /// came, something appeared there meanwhile, or writing failed); a
+    /// checkout must finish the job.
+    pub incomplete: bool,
+}
+
+/// What [`write_entry`] did.
+enum Wrote {
+    /// Written; for a file, its stat.
+    Done(Option<Stat>),
+    /// Not written: something is at the path and replacing was not allowed.
+    Occupied,
 }
 
 fn in_scope(path: &[u8], scope: &[Vec<u8>]) -> bool {
@@ -178,26 +190,46 @@ fn remove_any(p: &Path) -> Result<()> {
 /// Writes one entry. For a file, returns its stat taken through the written
 /// file's own handle after the rename: an edit by anyone else afterwards
 /// changes at least its ctime, so the stat cache never trusts it.
-fn write_entry(store: &Store, root: &Path, path: &[u8], e: &FlatEntry) -> Result<Option<Stat>> {
+///
+/// With `keep`, nothing already at the path is replaced or removed (a
+/// folder there is fine for a folder): the entry is then not written
+/// ([`Wrote::Occupied`]). Each step that puts something at the path fails
+/// atomically if something is there (`mkdir`, `symlink`, `link`).
+fn write_entry(store: &Store, root: &Path, path: &[u8], e: &FlatEntry, keep: bool) -> Result<Wrote> {
     check_parents(root, path)?;
     let dest = abs_path(root, path);
     let dir = dest.parent().unwrap_or(root);
+    let occupied = |e: &std::io::Error| keep && e.kind() == std::io::ErrorKind::AlreadyExists;
     match &e.content {
         Content::Dir => match std::fs::symlink_metadata(&dest) {
-            Ok(m) if m.file_type().is_dir() => Ok(None),
+            Ok(m) if m.file_type().is_dir() => Ok(Wrote::Done(None)),
+            Ok(_) if keep => Ok(Wrote::Occupied),
             Ok(_) => {
                 remove_any(&dest)?;
-                std::fs::create_dir(&dest).map_err(RepoError::io("create directory", &dest)).map(|_| None)
+                std::fs::create_dir(&dest).map_err(RepoError::io("create directory", &dest))?;
+                Ok(Wrote::Done(None))
             }
-            Err(_) => {
-                std::fs::create_dir(&dest).map_err(RepoError::io("create directory", &dest)).map(|_| None)
-            }
+            Err(_) => match std::fs::create_dir(&dest) {
+                Ok(()) => Ok(Wrote::Done(None)),
+                Err(e) if occupied(&e) && std::fs::symlink_metadata(&dest).is_ok_and(|m| m.is_dir()) => {
+                    Ok(Wrote::Done(None))
+                }
+                Err(e) if occupied(&e) => Ok(Wrote::Occupied),
+                Err(e) => Err(RepoError::io("create directory", &dest)(e)),
+            },
         },
+        Content::Symlink(target) if keep => {
+            match std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), &dest) {
+                Ok(()) => Ok(Wrote::Done(None)),
+                Err(e) if occupied(&e) => Ok(Wrote::Occupied),
+                Err(e) => Err(RepoError::io("create link", &dest)(e)),
+            }
+        }
         Content::Symlink(target) => {
             let tmp = temp_name(dir)?;
             std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), &tmp)
                 .map_err(RepoError::io("create link", &tmp))?;
-            replace(&tmp, &dest).map(|_| None)
+            replace(&tmp, &dest).map(|_| Wrote::Done(None))
         }
         Content::File { size, chunks, executable } => {
             let tmp = temp_name(dir)?;
@@ -251,9 +283,21 @@ fn write_entry(store: &Store, root: &Path, path: &[u8], e: &FlatEntry) -> Result
                     return Err(err);
                 }
             };
-            replace(&tmp, &dest)?;
+            if keep {
+                // Linked into place only if the path is free, then unlinked
+                // from the temporary name (the stat below is taken after).
+                let linked = std::fs::hard_link(&tmp, &dest);
+                let _ = std::fs::remove_file(&tmp);
+                match linked {
+                    Ok(()) => {}
+                    Err(e) if occupied(&e) => return Ok(Wrote::Occupied),
+                    Err(e) => return Err(RepoError::io("link", &dest)(e)),
+                }
+            } else {
+                replace(&tmp, &dest)?;
+            }
             let meta = f.metadata().map_err(RepoError::io("stat", &dest))?;
-            Ok(Some(Stat::from_metadata(&meta)))
+            Ok(Wrote::Done(Some(Stat::from_metadata(&meta))))
         }
     }
 }
@@ -356,8 +400,13 @@ pub(crate) type Ready<'a> = &'a (dyn Fn(&[ObjectId]) -> Result<bool> + Sync);
 /// is recorded: once the version is, [`settle_fresh`] moves HEAD to it, and
 /// if the transfer fails, [`undo_fresh`] removes what was written.
 ///
-/// `None` if the trees never arrived. Files whose chunks never arrived are
-/// not written (the outcome lists only what was).
+/// It replaces nothing: a path where something appeared meanwhile (the
+/// user may already be using the folder) is left alone. Such a path, a
+/// file whose chunks never came, or a failed write (the disk full) makes
+/// the outcome incomplete, and the clone then finishes with a checkout,
+/// which plans again and refuses to lose anything. The outcome lists
+/// exactly what was written, even then, so that it can be taken back.
+/// `None` if the trees never arrived.
 pub(crate) fn checkout_fresh(
     repo: &Repo,
     root_tree: &ObjectId,
@@ -610,9 +659,21 @@ fn apply(
         // The order a pull fetches chunks in: by depth, then by path.
         others.sort_by_key(|p| (p.iter().filter(|b| **b == b'/').count(), *p));
     }
+    // A fresh checkout (`ready`) writes while the user may already use the
+    // folder: it never replaces anything, and is incomplete where it could
+    // not write; its caller then runs a checkout, which plans again.
+    let fresh = ready.is_some();
+    let incomplete = std::sync::atomic::AtomicBool::new(false);
     for p in dirs {
-        write_entry(store, root, p, &target[p])?;
-        out.written.push(p.clone());
+        match write_entry(store, root, p, &target[p], fresh) {
+            Ok(Wrote::Done(_)) => out.written.push(p.clone()),
+            Ok(Wrote::Occupied) => out.incomplete = true,
+            Err(_) if fresh => {
+                out.incomplete = true;
+                return Ok(out);
+            }
+            Err(e) => return Err(e),
+        }
     }
     let next = std::sync::atomic::AtomicUsize::new(0);
     let failed = std::sync::atomic::AtomicBool::new(false);
@@ -627,15 +688,26 @@ fn apply(
             if let (Some(ready), Content::File { chunks, .. }) = (ready, &target[*p].content) {
                 match ready(chunks) {
                     Ok(true) => {}
-                    Ok(false) => continue,
-                    Err(e) => {
+                    Ok(false) => {
+                        incomplete.store(true, std::sync::atomic::Ordering::Relaxed);
+                        continue;
+                    }
+                    Err(_) => {
+                        // Stop, but keep what was written so it can be taken back.
+                        incomplete.store(true, std::sync::atomic::Ordering::Relaxed);
                         failed.store(true, std::sync::atomic::Ordering::Relaxed);
-                        return Err(e);
+                        return Ok(done);
                     }
                 }
             }
-            match write_entry(store, root, p, &target[*p]) {
-                Ok(stat) => done.push(((*p).clone(), stat)),
+            match write_entry(store, root, p, &target[*p], fresh) {
+                Ok(Wrote::Done(stat)) => done.push(((*p).clone(), stat)),
+                Ok(Wrote::Occupied) => incomplete.store(true, std::sync::atomic::Ordering::Relaxed),
+                Err(_) if fresh => {
+                    incomplete.store(true, std::sync::atomic::Ordering::Relaxed);
+                    failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                    return Ok(done);
+                }
                 Err(e) => {
                     failed.store(true, std::sync::atomic::Ordering::Relaxed);
                     return Err(e);
@@ -668,6 +740,7 @@ fn apply(
         }
     }
     out.written.sort();
+    out.incomplete |= incomplete.load(std::sync::atomic::Ordering::Relaxed);
     match first_err {
         Some(e) => Err(e),
         None => Ok(out),

@@ -305,6 +305,57 @@ fn small_edits_travel_as_deltas_both_ways() -> TestResult {
     Ok(())
 }
 
+/// A clone writes files while the content arrives, into a folder the user
+/// may already be using: what the user puts there meanwhile is never
+/// replaced (the clone then ends with a checkout that refuses to lose it).
+#[test]
+fn a_clone_never_replaces_what_the_user_puts_in_its_folder_meanwhile() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let (a, b) = (Dev::new(tmp.path(), "a")?, Dev::new(tmp.path(), "b")?);
+    let ra = tmp.path().join("a");
+    a.ok(tmp.path(), &["init", "a"])?;
+    for i in 0..12u64 {
+        write(&ra.join(format!("a{i:02}.bin")), common::bytes(300 + i, 16 << 20))?;
+    }
+    write(&ra.join("zz.txt"), "theirs\n")?;
+    a.ok(&ra, &["commit", "-m", "first"])?;
+    let server = a.serve(&ra)?;
+    let tok = token(&a.ok(&ra, &["invite"])?);
+    let rb = tmp.path().join("b");
+    let mut clone = b
+        .command(tmp.path(), &["clone", &tok, "b"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    // As soon as the first file is there, the user makes a folder where a
+    // later file goes, with a file of their own in it.
+    let t = Instant::now();
+    let mut mine = false;
+    while t.elapsed() < Duration::from_secs(60) && clone.try_wait()?.is_none() {
+        if rb.join("a00.bin").exists() {
+            if std::fs::create_dir(rb.join("zz.txt")).is_ok() {
+                write(&rb.join("zz.txt/precious"), "my thesis\n")?;
+                mine = true;
+            }
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let out = clone.wait_with_output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    if !mine {
+        eprintln!("the clone wrote zz.txt before the user could make the folder; nothing to check");
+        return Ok(());
+    }
+    assert_eq!(std::fs::read_to_string(rb.join("zz.txt/precious"))?, "my thesis\n", "{stderr}");
+    assert!(!out.status.success() && stderr.contains("zz.txt"), "the clone must say what it kept: {stderr}");
+    // Everything else arrived, and is in place.
+    assert_eq!(std::fs::read(rb.join("a11.bin"))?, common::bytes(311, 16 << 20));
+    drop(server);
+    Ok(())
+}
+
 #[test]
 fn a_wrong_peer_id_or_a_dead_address_fails_clearly() -> TestResult {
     let tmp = tempfile::tempdir()?;

@@ -438,11 +438,11 @@ pub async fn clone(
         let g = repo2.graph()?;
         let newest = g.heads().into_iter().max_by_key(|h| (g.get(h).map(|n| n.time_ms), *h));
         match (newest, early) {
-            (Some(h), Ok(Some((v, target, outcome)))) if v == h => {
+            (Some(h), Ok(Some((v, target, outcome)))) if v == h && !outcome.incomplete => {
                 crate::materialize::settle_fresh(&repo2, &h, target, outcome)?;
             }
-            // Not what the early checkout wrote (or it failed): a checkout
-            // over it, which keeps nothing that is in no version.
+            // Not what the early checkout wrote, or it did not finish: a
+            // checkout over it, which loses nothing that is in no version.
             (Some(h), _) => {
                 crate::materialize::checkout(&repo2, &h, false)?;
             }
