@@ -356,6 +356,46 @@ fn a_clone_never_replaces_what_the_user_puts_in_its_folder_meanwhile() -> TestRe
     Ok(())
 }
 
+/// A clone killed while it writes the working tree leaves some files of
+/// the version; the next pull finishes the transfer and the tree.
+#[test]
+fn a_pull_finishes_the_tree_of_a_killed_clone() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let (a, b) = (Dev::new(tmp.path(), "a")?, Dev::new(tmp.path(), "b")?);
+    let ra = tmp.path().join("a");
+    a.ok(tmp.path(), &["init", "a"])?;
+    for i in 0..12u64 {
+        write(&ra.join(format!("d/a{i:02}.bin")), common::bytes(400 + i, 16 << 20))?;
+    }
+    write(&ra.join("top.txt"), "top\n")?;
+    a.ok(&ra, &["commit", "-m", "first"])?;
+    let server = a.serve(&ra)?;
+    let tok = token(&a.ok(&ra, &["invite"])?);
+    let rb = tmp.path().join("b");
+    let mut clone = b.command(tmp.path(), &["clone", &tok, "b"]).stdin(Stdio::null()).spawn()?;
+    let t = Instant::now();
+    let mut killed = false;
+    while t.elapsed() < Duration::from_secs(60) && clone.try_wait()?.is_none() {
+        if rb.join("d/a00.bin").exists() {
+            clone.kill()?;
+            killed = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let _ = clone.wait();
+    if !killed {
+        eprintln!("the clone finished before it could be killed; nothing to check");
+        return Ok(());
+    }
+    let j = json(&b.ok(&rb, &["pull", "origin", "--json"])?)?;
+    assert!(j["worktree"].as_str().unwrap_or("").starts_with("moved to"), "{j}");
+    assert_eq!(common::snapshot(&ra)?, common::snapshot(&rb)?);
+    b.ok(&rb, &["fsck", "--read-data"])?;
+    drop(server);
+    Ok(())
+}
+
 #[test]
 fn a_wrong_peer_id_or_a_dead_address_fails_clearly() -> TestResult {
     let tmp = tempfile::tempdir()?;

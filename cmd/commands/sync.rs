@@ -24,7 +24,8 @@ use crate::ui::Ui;
 /// lacks moves; an interrupted transfer resumes where it stopped. After new
 /// versions arrive, a clean working tree whose HEAD is an ancestor of the
 /// single new head moves forward; one with uncommitted changes is never
-/// touched.
+/// touched. A tree with no HEAD yet that holds only files of that head (as
+/// a stopped clone leaves it) is completed.
 ///
 ///     dbox sync laptop
 ///     dbox sync dbxq4...x2a@192.168.1.20:7447

@@ -85,11 +85,48 @@ pub fn advance_worktree(repo: &Repo) -> Result<Advance> {
         (_, _) => return Ok(Advance::Forked(heads.len())),
     };
     let status = crate::snapshot::status(repo)?;
-    if !status.changes.is_empty() {
+    // With no HEAD, changes that are only files of the target are what a
+    // clone stopped before it finished (Ctrl-C) left: the checkout
+    // completes it.
+    if !status.changes.is_empty() && (head.is_some() || !leftovers_of(repo, &target, &status.changes)?) {
         return Ok(Advance::Dirty(target));
     }
     crate::materialize::checkout_locked(repo, &writer, &target, false)?;
     Ok(Advance::Moved(target))
+}
+
+/// Whether the working tree's changes, with no HEAD, are only files,
+/// links and folders of `version`, each as it is there: what a clone that
+/// was stopped leaves behind. Reads the files that are there.
+fn leftovers_of(
+    repo: &Repo,
+    version: &VersionId,
+    changes: &[(Vec<u8>, crate::snapshot::Change)],
+) -> Result<bool> {
+    use crate::cache::Content;
+    let target = crate::snapshot::flatten_version(repo, version)?;
+    for (p, _) in changes {
+        let abs = crate::worktree::abs_path(repo.root(), p);
+        let Ok(m) = std::fs::symlink_metadata(&abs) else { return Ok(false) };
+        let same = match target.get(p).map(|e| &e.content) {
+            Some(Content::Dir) => m.is_dir(),
+            Some(Content::Symlink(t)) => {
+                m.file_type().is_symlink()
+                    && std::fs::read_link(&abs)
+                        .is_ok_and(|l| std::os::unix::ffi::OsStrExt::as_bytes(l.as_os_str()) == t.as_slice())
+            }
+            Some(Content::File { chunks, .. }) => {
+                m.is_file()
+                    && crate::snapshot::hash_file(repo.store(), &abs)?
+                        .is_some_and(|(ids, _, _)| &ids == chunks)
+            }
+            None => false,
+        };
+        if !same {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// A finished push, pull or sync.
