@@ -19,7 +19,6 @@ use crate::fsutil::{file_stamp, Kept};
 use crate::graph::Graph;
 use crate::members::Members;
 use crate::repo::{Repo, LOCK_WAIT};
-use dbox_store::limits::{MAX_CHUNK_SIZE, MAX_TREE_SIZE, MAX_VERSION_SIZE};
 use dbox_store::{
     object, Node, ObjectId, ObjectKind, PeerId, SignedVersion, Tree, VersionId, VersionInfo, Writer,
 };
@@ -248,7 +247,7 @@ impl Session {
         mut check: impl FnMut(&ObjectId, &[u8]) -> Result<()>,
         sink: Option<&Sink>,
     ) -> Result<()> {
-        let max_len = payload_limit(kind) + 1024;
+        let max_len = kind.payload_limit() + 1024;
         let mut ask = ids.to_vec();
         let mut with = bases.to_vec();
         while !ask.is_empty() {
@@ -884,15 +883,6 @@ impl Session {
     }
 }
 
-/// Largest payload of an object of `kind`.
-fn payload_limit(kind: ObjectKind) -> usize {
-    match kind {
-        ObjectKind::Chunk => MAX_CHUNK_SIZE,
-        ObjectKind::Tree => MAX_TREE_SIZE,
-        ObjectKind::Version => MAX_VERSION_SIZE,
-    }
-}
-
 /// Pairs each chunk of a file's new content that its old content lacks
 /// with an old chunk to offer as a delta base. Chunks are cut by content,
 /// so an edit changes the chunks around it and leaves the others: after the
@@ -937,7 +927,9 @@ struct DeltaTurn;
 impl DeltaTurn {
     /// Waits up to [`DELTA_TURN`] for a turn.
     fn take() -> Option<Self> {
-        let most = std::thread::available_parallelism().map_or(1, |n| n.get());
+        // Asked once: on Linux the answer reads the cgroup's CPU quota files.
+        static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+        let most = *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         let (lock, freed) = &DELTA_TURNS;
         let busy = lock.lock().ok()?;
         let (mut busy, _) = freed.wait_timeout_while(busy, DELTA_TURN, |b| *b >= most).ok()?;
@@ -1028,7 +1020,7 @@ fn rebuild(
     delta: &[u8],
 ) -> Result<Option<Vec<u8>>> {
     let Ok(old) = store.get_payload(base, kind) else { return Ok(None) };
-    let Ok(new) = dbox_store::delta::decode(&old, delta, payload_limit(kind)) else { return Ok(None) };
+    let Ok(new) = dbox_store::delta::decode(&old, delta, kind.payload_limit()) else { return Ok(None) };
     let (id, stored) = object::seal(store.keys(), kind, &new);
     Ok((id == *want).then_some(stored))
 }

@@ -64,7 +64,8 @@ impl ObjectKind {
             .ok_or_else(|| DecodeError::Invalid(format!("unknown object kind {}", stored[1])))
     }
 
-    fn payload_limit(self) -> usize {
+    /// The largest payload an object of this kind may have.
+    pub fn payload_limit(self) -> usize {
         match self {
             Self::Chunk => MAX_CHUNK_SIZE,
             Self::Tree => MAX_TREE_SIZE,
