@@ -1235,11 +1235,9 @@ fn deltas_that_do_not_give_the_object_are_fetched_whole() -> TestResult {
     // asked for again whole (the small text file's chunk has no base).
     assert!(whole >= 4, "{whole} objects asked for whole");
     p.a.ok(&p.ra, &["fsck", "--read-data"])?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::fs::read(p.ra.join("data.bin"))? != data {
-        assert!(Instant::now() < deadline, "the server's working tree did not move");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    common::wait_for("the server's working tree did not move", Duration::from_secs(10), || {
+        Ok(std::fs::read(p.ra.join("data.bin"))? == data)
+    })?;
     Ok(())
 }
 
@@ -1297,11 +1295,9 @@ fn after_one_wrong_delta_a_session_takes_objects_whole() -> TestResult {
     let deltas = served.deltas.load(std::sync::atomic::Ordering::SeqCst);
     assert_eq!(deltas, 1, "{deltas} wrong deltas were sent");
     p.a.ok(&p.ra, &["fsck", "--read-data"])?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::fs::read(p.ra.join("data.bin"))? != data {
-        assert!(Instant::now() < deadline, "the server's working tree did not move");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    common::wait_for("the server's working tree did not move", Duration::from_secs(10), || {
+        Ok(std::fs::read(p.ra.join("data.bin"))? == data)
+    })?;
     Ok(())
 }
 

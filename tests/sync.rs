@@ -296,28 +296,40 @@ fn small_edits_travel_as_deltas_both_ways() -> TestResult {
     assert!(wire < 100_000, "{j}");
     a.ok(&ra, &["fsck", "--read-data"])?;
     // The server moves its working tree after it answered the push.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::fs::read(ra.join("big.bin"))? != std::fs::read(rb.join("big.bin"))? {
-        assert!(Instant::now() < deadline, "the server's working tree did not move");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    common::wait_for("the server's working tree did not move", Duration::from_secs(20), || {
+        Ok(std::fs::read(ra.join("big.bin"))? == std::fs::read(rb.join("big.bin"))?)
+    })?;
     drop(server);
     Ok(())
 }
 
-/// A clone writes files while the content arrives, into a folder the user
-/// may already be using: what the user puts there meanwhile is never
-/// replaced (the clone then ends with a checkout that refuses to lose it).
-#[test]
-fn a_clone_never_replaces_what_the_user_puts_in_its_folder_meanwhile() -> TestResult {
+/// A clone under way: repository `a` (twelve files of 16 MB in `dir`, and
+/// a small text file), served; device b's `dbox clone` of it into `b`.
+struct CloneUnderWay {
+    b: Dev,
+    ra: PathBuf,
+    rb: PathBuf,
+    clone: Child,
+    _server: Server,
+    // Last: removed once the server is gone.
+    _tmp: tempfile::TempDir,
+}
+
+/// Starts a [`CloneUnderWay`] and waits until the first large file is in
+/// b's working tree; `None` if the clone ended before that.
+fn clone_under_way(
+    dir: &str,
+    seed: u64,
+    small: (&str, &str),
+) -> Result<Option<CloneUnderWay>, Box<dyn std::error::Error>> {
     let tmp = tempfile::tempdir()?;
     let (a, b) = (Dev::new(tmp.path(), "a")?, Dev::new(tmp.path(), "b")?);
     let ra = tmp.path().join("a");
     a.ok(tmp.path(), &["init", "a"])?;
     for i in 0..12u64 {
-        write(&ra.join(format!("a{i:02}.bin")), common::bytes(300 + i, 16 << 20))?;
+        write(&ra.join(dir).join(format!("a{i:02}.bin")), common::bytes(seed + i, 16 << 20))?;
     }
-    write(&ra.join("zz.txt"), "theirs\n")?;
+    write(&ra.join(small.0), small.1)?;
     a.ok(&ra, &["commit", "-m", "first"])?;
     let server = a.serve(&ra)?;
     let tok = token(&a.ok(&ra, &["invite"])?);
@@ -328,31 +340,42 @@ fn a_clone_never_replaces_what_the_user_puts_in_its_folder_meanwhile() -> TestRe
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?;
-    // As soon as the first file is there, the user makes a folder where a
-    // later file goes, with a file of their own in it.
+    let first = rb.join(dir).join("a00.bin");
     let t = Instant::now();
-    let mut mine = false;
     while t.elapsed() < Duration::from_secs(60) && clone.try_wait()?.is_none() {
-        if rb.join("a00.bin").exists() {
-            if std::fs::create_dir(rb.join("zz.txt")).is_ok() {
-                write(&rb.join("zz.txt/precious"), "my thesis\n")?;
-                mine = true;
-            }
-            break;
+        if first.exists() {
+            return Ok(Some(CloneUnderWay { b, ra, rb, clone, _server: server, _tmp: tmp }));
         }
         std::thread::sleep(Duration::from_millis(2));
     }
-    let out = clone.wait_with_output()?;
+    Ok(None)
+}
+
+/// A clone writes files while the content arrives, into a folder the user
+/// may already be using: what the user puts there meanwhile is never
+/// replaced (the clone then ends with a checkout that refuses to lose it).
+#[test]
+fn a_clone_never_replaces_what_the_user_puts_in_its_folder_meanwhile() -> TestResult {
+    let Some(c) = clone_under_way("", 300, ("zz.txt", "theirs\n"))? else {
+        eprintln!("the clone finished before its first file could be seen; nothing to check");
+        return Ok(());
+    };
+    // As soon as the first file is there, the user makes a folder where a
+    // later file goes, with a file of their own in it.
+    let mine = std::fs::create_dir(c.rb.join("zz.txt")).is_ok();
+    if mine {
+        write(&c.rb.join("zz.txt/precious"), "my thesis\n")?;
+    }
+    let out = c.clone.wait_with_output()?;
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     if !mine {
         eprintln!("the clone wrote zz.txt before the user could make the folder; nothing to check");
         return Ok(());
     }
-    assert_eq!(std::fs::read_to_string(rb.join("zz.txt/precious"))?, "my thesis\n", "{stderr}");
+    assert_eq!(std::fs::read_to_string(c.rb.join("zz.txt/precious"))?, "my thesis\n", "{stderr}");
     assert!(!out.status.success() && stderr.contains("zz.txt"), "the clone must say what it kept: {stderr}");
     // Everything else arrived, and is in place.
-    assert_eq!(std::fs::read(rb.join("a11.bin"))?, common::bytes(311, 16 << 20));
-    drop(server);
+    assert_eq!(std::fs::read(c.rb.join("a11.bin"))?, common::bytes(311, 16 << 20));
     Ok(())
 }
 
@@ -360,39 +383,16 @@ fn a_clone_never_replaces_what_the_user_puts_in_its_folder_meanwhile() -> TestRe
 /// the version; the next pull finishes the transfer and the tree.
 #[test]
 fn a_pull_finishes_the_tree_of_a_killed_clone() -> TestResult {
-    let tmp = tempfile::tempdir()?;
-    let (a, b) = (Dev::new(tmp.path(), "a")?, Dev::new(tmp.path(), "b")?);
-    let ra = tmp.path().join("a");
-    a.ok(tmp.path(), &["init", "a"])?;
-    for i in 0..12u64 {
-        write(&ra.join(format!("d/a{i:02}.bin")), common::bytes(400 + i, 16 << 20))?;
-    }
-    write(&ra.join("top.txt"), "top\n")?;
-    a.ok(&ra, &["commit", "-m", "first"])?;
-    let server = a.serve(&ra)?;
-    let tok = token(&a.ok(&ra, &["invite"])?);
-    let rb = tmp.path().join("b");
-    let mut clone = b.command(tmp.path(), &["clone", &tok, "b"]).stdin(Stdio::null()).spawn()?;
-    let t = Instant::now();
-    let mut killed = false;
-    while t.elapsed() < Duration::from_secs(60) && clone.try_wait()?.is_none() {
-        if rb.join("d/a00.bin").exists() {
-            clone.kill()?;
-            killed = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    let _ = clone.wait();
-    if !killed {
+    let Some(mut c) = clone_under_way("d", 400, ("top.txt", "top\n"))? else {
         eprintln!("the clone finished before it could be killed; nothing to check");
         return Ok(());
-    }
-    let j = json(&b.ok(&rb, &["pull", "origin", "--json"])?)?;
+    };
+    c.clone.kill()?;
+    let _ = c.clone.wait();
+    let j = json(&c.b.ok(&c.rb, &["pull", "origin", "--json"])?)?;
     assert!(j["worktree"].as_str().unwrap_or("").starts_with("moved to"), "{j}");
-    assert_eq!(common::snapshot(&ra)?, common::snapshot(&rb)?);
-    b.ok(&rb, &["fsck", "--read-data"])?;
-    drop(server);
+    assert_eq!(common::snapshot(&c.ra)?, common::snapshot(&c.rb)?);
+    c.b.ok(&c.rb, &["fsck", "--read-data"])?;
     Ok(())
 }
 

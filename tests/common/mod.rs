@@ -87,6 +87,21 @@ pub fn write(path: &Path, bytes: impl AsRef<[u8]>) -> std::io::Result<()> {
     std::fs::write(path, bytes)
 }
 
+/// Waits up to `limit` for `done` to hold, checking every 100 ms; fails
+/// the test with `what` if it never does.
+pub fn wait_for(
+    what: &str,
+    limit: std::time::Duration,
+    mut done: impl FnMut() -> std::io::Result<bool>,
+) -> std::io::Result<()> {
+    let deadline = std::time::Instant::now() + limit;
+    while !done()? {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    Ok(())
+}
+
 /// Deterministic pseudo-random bytes.
 pub fn bytes(seed: u64, len: usize) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
