@@ -723,7 +723,7 @@ impl Session {
             for v in &boundary {
                 roots.insert(*v, repo.store().get_version(v)?.body().root);
             }
-            Ok((known_trees(&repo, &boundary)?, roots))
+            Ok((known_trees(&repo, roots.values().copied())?, roots))
         })
         .await?;
         // A new version's base: the root of a parent this end holds, else
@@ -1135,13 +1135,11 @@ fn store_one(store: &dbox_store::Store, held: &mut Option<Held>, id: &ObjectId, 
     Ok(())
 }
 
-/// Tree ids reachable from `versions` (all stored: they are visible).
-fn known_trees(repo: &Repo, versions: &[VersionId]) -> Result<HashSet<ObjectId>> {
+/// Tree ids reachable from the root trees `roots` of visible versions (all
+/// stored).
+fn known_trees(repo: &Repo, roots: impl IntoIterator<Item = ObjectId>) -> Result<HashSet<ObjectId>> {
     let mut out = HashSet::new();
-    let mut stack: Vec<ObjectId> = Vec::new();
-    for v in versions {
-        stack.push(repo.store().get_version(v)?.body().root);
-    }
+    let mut stack: Vec<ObjectId> = roots.into_iter().collect();
     while let Some(t) = stack.pop() {
         if out.len() >= MAX_KNOWN_TREES {
             break;
