@@ -20,8 +20,8 @@
 #![no_main]
 
 use dbox_store::pack::{
-    apply_body_stream, read_body_nonce, read_header, PackBuilder, PackEntry, BODY_START, PACK_PREFIX_LEN,
-    TRAILER_LEN,
+    apply_body_stream, read_body_stream, read_header, PackBuilder, PackEntry, BODY_START, PACK_FORMAT,
+    PACK_MAGIC, PACK_PREFIX_LEN, TRAILER_LEN,
 };
 use dbox_store::ObjectId;
 use dbox_store_fuzz::{forge, keys, pack_bytes, Cursor, Mem};
@@ -29,7 +29,7 @@ use libfuzzer_sys::fuzz_target;
 
 fn read(file: &[u8]) -> Option<Vec<PackEntry>> {
     let mem = Mem(file.to_vec());
-    let _ = read_body_nonce(&mem);
+    let _ = read_body_stream(&mem);
     let entries = read_header(&mem, file.len() as u64, keys()).ok()?;
     let mut next = BODY_START as u64;
     for e in &entries {
@@ -55,11 +55,11 @@ fn built(c: &mut Cursor<'_>) {
     let tail = b.seal().expect("sealing memory");
     let mut file = pack_bytes(&b, &tail);
     assert_eq!(read(&file).as_deref(), Some(b.entries()), "a sealed pack reads back");
-    let nonce = read_body_nonce(&Mem(file.clone())).expect("a sealed pack has a body nonce");
+    let body = read_body_stream(&Mem(file.clone())).expect("a sealed pack has a body nonce");
     for (e, stored) in b.entries().iter().zip(&objects) {
         let start = e.offset as usize;
         let mut got = file[start..start + e.len as usize].to_vec();
-        apply_body_stream(keys(), &nonce, e.offset, &mut got);
+        apply_body_stream(keys(), &body, e.offset, &mut got);
         assert_eq!(&got[..], *stored, "object does not read back through the body keystream");
     }
     let mut harmless = true;
@@ -90,7 +90,7 @@ fn forged(c: &mut Cursor<'_>) {
         let count = ((header.len() - 8) / 44) as u32;
         header[4..8].copy_from_slice(&count.to_le_bytes());
     }
-    let mut objects = b"DBOXPACK\x01\0\0\0".to_vec();
+    let mut objects = [&PACK_MAGIC[..], &PACK_FORMAT.to_le_bytes()].concat();
     objects.resize(BODY_START + objects_len, 0x5a);
     read(&forge().pack_file(&objects, &header, pad, trailer));
 }

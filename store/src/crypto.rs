@@ -23,6 +23,7 @@ const CTX_NONCE: &str = "dbox 2026-11-22 object nonce key v1";
 const CTX_PACK: &str = "dbox 2026-11-22 pack header key v1";
 const CTX_INFO: &str = "dbox 2026-11-22 version info key v1";
 const CTX_PACK_BODY: &str = "dbox 2026-11-22 pack body stream key v1";
+const CTX_PACK_BODY_B3: &str = "dbox 2026-12-03 pack body blake3 stream key v2";
 const CTX_CHUNKER: &str = "dbox 2026-11-22 chunker seed v1";
 
 /// A repository's 32-byte secret, held by members only.
@@ -146,17 +147,62 @@ pub struct Keys {
     pub chunker_seed: u64,
 }
 
-/// A key for the XChaCha20 keystream that hides a pack's body.
+/// The keys of the keystreams that hide a pack's body: XChaCha20 for pack
+/// format 1 (still read), keyed BLAKE3's output stream for format 2.
+///
+/// The BLAKE3 stream is `BLAKE3-keyed(key, nonce)` read as an XOF from byte
+/// `pos` on: keyed BLAKE3 is a PRF, and its output blocks are indexed by a
+/// counter, so this is a PRF in counter mode. With AVX-512 it runs at about
+/// twice XChaCha20's speed here, and it is the second of the two passes over
+/// every stored byte (the first is the object's own encryption).
 #[derive(Clone, Zeroize, ZeroizeOnDrop)]
-pub(crate) struct StreamKey(pub(crate) [u8; 32]);
+pub(crate) struct StreamKey {
+    xchacha20: [u8; 32],
+    blake3: [u8; 32],
+}
+
+/// Bytes of BLAKE3 keystream made at a time (on the stack).
+const STREAM_BLOCK: usize = 4096;
 
 impl StreamKey {
-    /// XORs `buf` with the keystream for `nonce` starting at byte `pos`.
-    pub(crate) fn apply(&self, nonce: &[u8; NONCE_LEN], pos: u64, buf: &mut [u8]) {
+    /// XORs `buf` with the XChaCha20 keystream for `nonce` from byte `pos`.
+    pub(crate) fn apply_xchacha20(&self, nonce: &[u8; NONCE_LEN], pos: u64, buf: &mut [u8]) {
         use chacha20::cipher::{KeyIvInit, StreamCipher, StreamCipherSeek};
-        let mut c = chacha20::XChaCha20::new((&self.0).into(), nonce.into());
+        let mut c = chacha20::XChaCha20::new((&self.xchacha20).into(), nonce.into());
         c.seek(pos);
         c.apply_keystream(buf);
+    }
+
+    fn blake3_reader(&self, nonce: &[u8; NONCE_LEN], pos: u64) -> blake3::OutputReader {
+        let mut r = blake3::Hasher::new_keyed(&self.blake3).update(nonce).finalize_xof();
+        r.set_position(pos);
+        r
+    }
+
+    /// XORs `buf` with the BLAKE3 keystream for `nonce` from byte `pos`.
+    pub(crate) fn apply_blake3(&self, nonce: &[u8; NONCE_LEN], pos: u64, buf: &mut [u8]) {
+        let mut r = self.blake3_reader(nonce, pos);
+        let mut ks = [0u8; STREAM_BLOCK];
+        for b in buf.chunks_mut(STREAM_BLOCK) {
+            let k = &mut ks[..b.len()];
+            r.fill(k);
+            for (x, y) in b.iter_mut().zip(k.iter()) {
+                *x ^= *y;
+            }
+        }
+    }
+
+    /// Writes `src` XORed with the BLAKE3 keystream for `nonce` from byte
+    /// `pos` into `dst`, which has `src`'s length: one pass, no copy first.
+    pub(crate) fn xor_blake3_into(&self, nonce: &[u8; NONCE_LEN], pos: u64, src: &[u8], dst: &mut [u8]) {
+        debug_assert_eq!(src.len(), dst.len());
+        let mut r = self.blake3_reader(nonce, pos);
+        for (s, d) in src.chunks(STREAM_BLOCK).zip(dst.chunks_mut(STREAM_BLOCK)) {
+            r.fill(d);
+            for (x, y) in d.iter_mut().zip(s.iter()) {
+                *x ^= *y;
+            }
+        }
     }
 }
 
@@ -173,7 +219,10 @@ impl Keys {
             nonce: NonceKey(blake3::derive_key(CTX_NONCE, &key.0)),
             pack: AeadKey::derive(CTX_PACK, key),
             info: AeadKey::derive(CTX_INFO, key),
-            pack_body: StreamKey(blake3::derive_key(CTX_PACK_BODY, &key.0)),
+            pack_body: StreamKey {
+                xchacha20: blake3::derive_key(CTX_PACK_BODY, &key.0),
+                blake3: blake3::derive_key(CTX_PACK_BODY_B3, &key.0),
+            },
             chunker_seed: {
                 let s = blake3::derive_key(CTX_CHUNKER, &key.0);
                 // Zero would leave the gear table unkeyed.

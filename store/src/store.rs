@@ -23,7 +23,7 @@ use crate::keyfile::KEY_FILE_LEN;
 use crate::keyfile::{decode_key_file, encode_key_file};
 use crate::limits::{MAX_CHUNK_SIZE, MAX_OBJECT_SIZE, MAX_PACK_OBJECTS, MAX_TREE_SIZE, PACK_TARGET_SIZE};
 use crate::object::{self, ObjectKind};
-use crate::pack::{apply_body_stream, read_body_nonce, read_header, PackBuilder, PackEntry};
+use crate::pack::{apply_body_stream, read_body_stream, read_header, BodyStream, PackBuilder, PackEntry};
 use crate::tree::Tree;
 use crate::version::SignedVersion;
 use crate::vfs::{LockGuard, OsFs, ReadAt, Vfs};
@@ -88,7 +88,7 @@ impl IndexState {
 
 struct PackHandle {
     file: Arc<dyn ReadAt>,
-    nonce: [u8; crate::crypto::NONCE_LEN],
+    body: BodyStream,
 }
 
 pub(crate) struct Inner {
@@ -383,9 +383,9 @@ impl Store {
         }
         let path = pack_path(&self.inner.root, pack);
         let file = self.inner.vfs.open_read(&path).map_err(StoreError::io("open", &path))?;
-        let nonce =
-            read_body_nonce(&*file).map_err(|source| StoreError::CorruptPack { pack: *pack, source })?;
-        let handle = Arc::new(PackHandle { file, nonce });
+        let body =
+            read_body_stream(&*file).map_err(|source| StoreError::CorruptPack { pack: *pack, source })?;
+        let handle = Arc::new(PackHandle { file, body });
         let mut cache = lock_ignoring_poison(&self.inner.packs);
         if cache.len() >= OPEN_PACKS {
             cache.clear();
@@ -473,7 +473,7 @@ impl Store {
                 StoreError::io("read", pack_path(&self.inner.root, &loc.pack))(e)
             }
         })?;
-        apply_body_stream(&self.inner.keys, &h.nonce, loc.offset, &mut buf);
+        apply_body_stream(&self.inner.keys, &h.body, loc.offset, &mut buf);
         object::check_id(id, &buf).map_err(|source| StoreError::CorruptObject {
             id: *id,
             pack: Some(loc.pack),
