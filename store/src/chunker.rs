@@ -131,6 +131,21 @@ impl<R: Read> Chunker<R> {
         }
     }
 
+    /// Like [`Chunker::with_params`], but reads into `buf` (its contents do
+    /// not matter). A caller that chunks many files reuses one buffer this
+    /// way, with [`Chunker::into_buffer`], instead of touching fresh memory
+    /// for every file.
+    pub fn with_buffer(reader: R, params: ChunkerParams, buf: Vec<u8>) -> Self {
+        let mut c = Self::with_params(reader, params);
+        c.buf = buf;
+        c
+    }
+
+    /// The buffer, for the next [`Chunker::with_buffer`].
+    pub fn into_buffer(self) -> Vec<u8> {
+        self.buf
+    }
+
     /// Bytes handed out as chunks so far.
     pub fn offset(&self) -> u64 {
         self.offset

@@ -680,6 +680,11 @@ impl OpenPack {
     }
 }
 
+/// Written packs' buffers kept for reuse: as many as may be filled or
+/// written at once with two threads putting objects (one open, one on the
+/// writing thread, one written by each putting thread).
+const FREE_PACK_BUFFERS: usize = 3;
+
 /// What the writer shares with its pack-writing thread.
 struct Core {
     store: Store,
@@ -721,7 +726,7 @@ impl Core {
         if let Ok(pp) = Arc::try_unwrap(p) {
             let mut builder = pp.pack.builder;
             let mut free = lock_ignoring_poison(&self.free);
-            if free.is_empty() && builder.reset().is_ok() {
+            if free.len() < FREE_PACK_BUFFERS && builder.reset().is_ok() {
                 free.push(builder);
             }
         }
@@ -835,12 +840,19 @@ impl Writer {
 
     /// Chunks and stores everything `reader` yields.
     pub fn put_file(&self, mut reader: impl Read) -> Result<FileChunks, StoreError> {
-        let mut chunker = Chunker::with_params(&mut reader, self.core.store.chunker_params());
+        thread_local! {
+            /// The chunker's buffer (up to 16 MiB), kept for this thread's
+            /// next file: fresh memory costs a page fault per 4 KiB.
+            static CHUNKER_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        let buf = CHUNKER_BUFFER.with(|b| std::mem::take(&mut *b.borrow_mut()));
+        let mut chunker = Chunker::with_buffer(&mut reader, self.core.store.chunker_params(), buf);
         let mut out = FileChunks::default();
         while let Some(chunk) = chunker.next_chunk().map_err(StoreError::io("read", "<input>"))? {
             out.chunks.push(self.put_chunk(chunk)?);
             out.size += chunk.len() as u64;
         }
+        CHUNKER_BUFFER.with(|b| *b.borrow_mut() = chunker.into_buffer());
         Ok(out)
     }
 
@@ -872,14 +884,18 @@ impl Writer {
                 None
             }
         };
-        // Written by the pack-writing thread, outside the `open` lock.
+        // Written outside the `open` lock, by the pack-writing thread if it
+        // is free. If it is still busy with the previous pack, this thread
+        // writes the pack itself: waiting would leave a core idle whenever
+        // the writing thread waits for the disk.
         if let Some(full) = full {
             let handed = match &self.to_thread {
-                Some(tx) => tx.send(full.clone()).is_ok(),
+                Some(tx) => tx.try_send(full.clone()).is_ok(),
                 None => false,
             };
             if !handed {
                 self.core.write_pending(&full)?;
+                self.core.recycle(full);
             }
         }
         Ok(id)
