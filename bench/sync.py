@@ -19,7 +19,9 @@ the source for every tool, so they all move the same bytes in the same run:
 
 Figures:
   seconds     wall time of the client process (GNU time); dbox's own
-              "seconds" from --json is in the raw results
+              "seconds" from --json is in the raw results. Each timed
+              command starts after a `sync`, so no tool pays for the
+              writeback of the step before it.
   wire bytes  dbox: wire.sent + wire.received from --json (QUIC datagram
               payloads, both directions); rsync: "Total bytes sent" +
               "Total bytes received" from --stats (protocol bytes on the TCP
@@ -95,7 +97,12 @@ def sh(cmd, cwd=None, env=None, check=True):
 
 
 def timed(cmd, cwd=None, env=None):
-    """Runs cmd under GNU time: (wall s, peak KiB, stdout, stderr)."""
+    """Runs cmd under GNU time: (wall s, peak KiB, stdout, stderr).
+
+    Every timed command starts after a `sync`, so that none pays for the
+    writeback of what ran before it (the copy of the data set, a commit, the
+    other tool's files)."""
+    os.sync()
     with tempfile.NamedTemporaryFile("r", suffix=".time") as t:
         r = subprocess.run(["/usr/bin/time", "-f", "%e %M", "-o", t.name] + cmd, cwd=cwd,
                            env=env or ENV, capture_output=True, text=True)
