@@ -20,6 +20,12 @@
 //!   `flush`: the real thing, packs written and fsynced.
 //! * `store_2_threads` — two threads sharing one `Writer`, each putting one
 //!   half of the data as a file of its own, then `flush`.
+//! * `alone_1_thread`, `alone_2_threads` — the same without the store's
+//!   pack-writing thread (`StoreOptions::pack_thread` off): the thread whose
+//!   object fills a pack writes it, so the ingest runs on exactly one or two
+//!   threads. `store_1_thread` runs on two (the putting thread and the pack
+//!   thread, which takes the pack-level work: the body keystream, the pack's
+//!   hash, the write and the fsync).
 
 mod common;
 
@@ -102,11 +108,11 @@ fn seal_all(k: &Keys, params: ChunkerParams, data: &[u8]) -> usize {
 
 /// Ingests `files` into a fresh store, one thread per file, and returns the
 /// time from the first put to the end of the flush.
-fn ingest(files: &[&[u8]]) -> Duration {
+fn ingest(files: &[&[u8]], pack_thread: bool) -> Duration {
     let dir = tempfile::tempdir().expect("a temp dir");
     let (repo, key) = keys();
-    let store = Store::create(&dir.path().join("store"), repo, &key, StoreOptions::default())
-        .expect("creating a store");
+    let opts = StoreOptions { pack_thread, ..StoreOptions::default() };
+    let store = Store::create(&dir.path().join("store"), repo, &key, opts).expect("creating a store");
     let w = store.writer().expect("the writer lock of a new store");
     let start = Instant::now();
     if let [one] = files {
@@ -149,13 +155,15 @@ fn bench_ingest(c: &mut Criterion) {
                 b.iter(|| seal_all(&k, params, d))
             });
         }
-        g.bench_with_input(BenchmarkId::new("store_1_thread", name), data, |b, d| {
-            b.iter_custom(|iters| (0..iters).map(|_| ingest(&[d])).sum())
-        });
         let (a, z) = data.split_at(data.len() / 2);
-        g.bench_with_input(BenchmarkId::new("store_2_threads", name), data, |b, _| {
-            b.iter_custom(|iters| (0..iters).map(|_| ingest(&[a, z])).sum())
-        });
+        for (group, pack_thread) in [("store", true), ("alone", false)] {
+            g.bench_with_input(BenchmarkId::new(format!("{group}_1_thread"), name), data, |b, d| {
+                b.iter_custom(|iters| (0..iters).map(|_| ingest(&[d], pack_thread)).sum())
+            });
+            g.bench_with_input(BenchmarkId::new(format!("{group}_2_threads"), name), data, |b, _| {
+                b.iter_custom(|iters| (0..iters).map(|_| ingest(&[a, z], pack_thread)).sum())
+            });
+        }
     }
     g.finish();
 }

@@ -1,14 +1,16 @@
 //! Ingests files into a fresh store and prints one JSON line of figures.
 //!
 //! ```text
-//! cargo run --release -p dbox-store --example ingest -- [--store DIR] [--threads N] FILE...
+//! cargo run --release -p dbox-store --example ingest -- [--store DIR] [--threads N] [--no-pack-thread] FILE...
 //! ```
 //!
 //! The store is created in a temp dir (removed at exit) unless `--store`
 //! names a directory that holds no store yet. With `--threads N`, N threads
 //! share one `Writer` and take whole files from a common queue, so a single
 //! file is always ingested by one thread. The time runs from the first put
-//! to the end of the final `flush`. `bench/store.sh` runs this under
+//! to the end of the final `flush`. `--no-pack-thread` turns off the store's
+//! pack-writing thread (`StoreOptions::pack_thread`), so that the ingest
+//! uses exactly N threads. `bench/store.sh` runs this under
 //! `/usr/bin/time -v` for peak memory; `peak_rss_kib` here is the kernel's
 //! high-water mark (`VmHWM`) of this process, the same figure.
 
@@ -22,13 +24,14 @@ use dbox_store::{RepoId, RepoKey, Store, StoreOptions};
 struct Args {
     store: Option<PathBuf>,
     threads: usize,
+    pack_thread: bool,
     files: Vec<PathBuf>,
 }
 
-const USAGE: &str = "usage: ingest [--store DIR] [--threads N] FILE...";
+const USAGE: &str = "usage: ingest [--store DIR] [--threads N] [--no-pack-thread] FILE...";
 
 fn parse_args() -> Result<Args, String> {
-    let mut args = Args { store: None, threads: 1, files: Vec::new() };
+    let mut args = Args { store: None, threads: 1, pack_thread: true, files: Vec::new() };
     let mut it = std::env::args_os().skip(1);
     while let Some(a) = it.next() {
         match a.to_str() {
@@ -41,6 +44,7 @@ fn parse_args() -> Result<Args, String> {
                     .filter(|&n| n > 0)
                     .ok_or_else(|| format!("--threads wants a positive number\n{USAGE}"))?;
             }
+            Some("--no-pack-thread") => args.pack_thread = false,
             Some("-h" | "--help") => return Err(USAGE.into()),
             Some(s) if s.starts_with("--") => return Err(format!("unknown option {s}\n{USAGE}")),
             _ => args.files.push(a.into()),
@@ -71,7 +75,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = args.store.clone().unwrap_or_else(|| temp.path().join("store"));
     let mut repo = [0u8; 32];
     dbox_store::crypto::fill_random(&mut repo)?;
-    let store = Store::create(&root, RepoId(repo), &RepoKey::generate()?, StoreOptions::default())?;
+    let opts = StoreOptions { pack_thread: args.pack_thread, ..StoreOptions::default() };
+    let store = Store::create(&root, RepoId(repo), &RepoKey::generate()?, opts)?;
     let w = store.writer()?;
 
     let next = AtomicUsize::new(0);
@@ -109,10 +114,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     println!(
         "{{\"bytes\":{bytes},\"seconds\":{seconds:.3},\"mb_per_s\":{:.1},\"objects\":{objects},\
-         \"packs\":{},\"pack_bytes\":{pack_bytes},\"threads\":{},\"files\":{},\"peak_rss_kib\":{}}}",
+         \"packs\":{},\"pack_bytes\":{pack_bytes},\"threads\":{},\"pack_thread\":{},\"files\":{},\"peak_rss_kib\":{}}}",
         bytes as f64 / 1e6 / seconds,
         packs.len(),
         args.threads,
+        args.pack_thread,
         args.files.len(),
         peak_rss_kib().map_or("null".to_string(), |k| k.to_string()),
     );

@@ -44,11 +44,22 @@ pub struct StoreOptions {
     /// Seal a pack once its objects reach this many bytes (at most
     /// [`MAX_PACK_TARGET`]).
     pub pack_target: usize,
+    /// Whether a [`Writer`] has a thread of its own that writes full packs
+    /// (the body keystream, the pack's hash, the write and the fsync) while
+    /// the thread that filled the pack goes on (default). Without it, the
+    /// thread whose object fills a pack writes the pack: the store then uses
+    /// exactly the threads that put objects.
+    pub pack_thread: bool,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        Self { vfs: Arc::new(OsFs), chunker: ChunkerParams::default(), pack_target: PACK_TARGET_SIZE }
+        Self {
+            vfs: Arc::new(OsFs),
+            chunker: ChunkerParams::default(),
+            pack_target: PACK_TARGET_SIZE,
+            pack_thread: true,
+        }
     }
 }
 
@@ -621,29 +632,33 @@ impl Store {
             pending: Mutex::new(Vec::new()),
             free: Mutex::new(Vec::new()),
         });
-        // One full pack is handed over at a time: the thread filling packs
-        // waits while the previous one is still being written, which bounds
-        // memory to two packs.
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Pending>(0);
-        let thread_core = core.clone();
-        let thread = std::thread::Builder::new()
-            .name("dbox-pack-writer".into())
-            .spawn(move || {
-                for p in rx {
-                    // A failed write leaves the pack pending; flush retries
-                    // it and reports the error.
-                    if thread_core.write_pending(&p).is_ok() {
-                        thread_core.recycle(p);
+        // A full pack is handed over only when the thread is free (a
+        // rendezvous channel); see `put_stored`.
+        let (to_thread, thread) = if self.inner.opts.pack_thread {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Pending>(0);
+            let thread_core = core.clone();
+            let thread = std::thread::Builder::new()
+                .name("dbox-pack-writer".into())
+                .spawn(move || {
+                    for p in rx {
+                        // A failed write leaves the pack pending; flush
+                        // retries it and reports the error.
+                        if thread_core.write_pending(&p).is_ok() {
+                            thread_core.recycle(p);
+                        }
                     }
-                }
-            })
-            .map_err(StoreError::io("start a thread for", "pack writing"))?;
+                })
+                .map_err(StoreError::io("start a thread for", "pack writing"))?;
+            (Some(tx), Some(thread))
+        } else {
+            (None, None)
+        };
         let w = Writer {
             core,
             open: Mutex::new(OpenPack::new(&self.inner.keys)?),
             flushing: Mutex::new(()),
-            to_thread: Some(tx),
-            thread: Some(thread),
+            to_thread,
+            thread,
             _guard: guard,
         };
         w.save_index()?;
@@ -697,6 +712,10 @@ struct Core {
 }
 
 impl Core {
+    fn pending_has(&self, id: &ObjectId) -> bool {
+        lock_ignoring_poison(&self.pending).iter().any(|p| p.pack.map.contains_key(id))
+    }
+
     fn pending_get(&self, id: &ObjectId) -> Option<Vec<u8>> {
         let pending = lock_ignoring_poison(&self.pending);
         pending.iter().find_map(|p| p.pack.map.get(id).map(|e| p.pack.builder.get(e)))
@@ -869,7 +888,14 @@ impl Writer {
         }
         let full = {
             let mut open = lock_ignoring_poison(&self.open);
-            if open.map.contains_key(&id) || self.core.pending_get(&id).is_some() {
+            // Pending packs before the store: a written pack joins the store
+            // before it leaves the pending list, so an object whose pack was
+            // written since the check above is found one way or the other
+            // and not stored twice.
+            if open.map.contains_key(&id)
+                || self.core.pending_has(&id)
+                || (!check_existing && self.core.store.contains(&id)?)
+            {
                 return Ok(id);
             }
             let entry = open.builder.push(id, stored);

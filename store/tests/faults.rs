@@ -13,8 +13,13 @@ use dbox_store::verify::VerifyOptions;
 use dbox_store::vfs::fault::{FaultFs, FaultMode, Op};
 use dbox_store::{ObjectId, Store, StoreOptions};
 
-fn opts(fs: &FaultFs) -> StoreOptions {
-    StoreOptions { vfs: Arc::new(fs.clone()), pack_target: 40 * 1024, chunker: common::small_chunks() }
+fn opts(fs: &FaultFs, pack_thread: bool) -> StoreOptions {
+    StoreOptions {
+        vfs: Arc::new(fs.clone()),
+        pack_target: 40 * 1024,
+        chunker: common::small_chunks(),
+        pack_thread,
+    }
 }
 
 fn check(dir: &std::path::Path, acked: &[(ObjectId, Vec<u8>)], what: &str) -> TestResult {
@@ -31,11 +36,11 @@ fn check(dir: &std::path::Path, acked: &[(ObjectId, Vec<u8>)], what: &str) -> Te
 
 /// Runs one scenario: some acknowledged history (several segments, so the
 /// faulty flush also merges), then a flush of new objects with a fault.
-fn scenario(op: Op, mode: FaultMode, n: u64) -> Result<bool, Box<dyn std::error::Error>> {
-    let what = format!("{op:?} #{n} {mode:?}");
+fn scenario(op: Op, mode: FaultMode, n: u64, pack_thread: bool) -> Result<bool, Box<dyn std::error::Error>> {
+    let what = format!("{op:?} #{n} {mode:?}, pack thread {pack_thread}");
     let dir = tempfile::tempdir()?;
     let fs = FaultFs::new();
-    let store = create_with(dir.path(), 1, opts(&fs))?;
+    let store = create_with(dir.path(), 1, opts(&fs, pack_thread))?;
     let w = store.writer()?;
     let mut acked = Vec::new();
     for i in 0..3u64 {
@@ -99,9 +104,11 @@ fn every_failing_operation_loses_nothing_acknowledged() -> TestResult {
         } else {
             &[FaultMode::Transient, FaultMode::Permanent]
         };
-        for &mode in modes {
+        // With the pack-writing thread, and with every pack written by the
+        // thread that fills it.
+        for (&mode, pack_thread) in modes.iter().flat_map(|m| [(m, true), (m, false)]) {
             let mut n = 1;
-            while scenario(op, mode, n)? {
+            while scenario(op, mode, n, pack_thread)? {
                 n += 1;
                 assert!(n < 200, "{op:?} {mode:?}: the flush never completes");
             }

@@ -319,12 +319,19 @@ fn not_a_store_and_already_exists() -> TestResult {
 
 /// Several threads putting files at once through one writer, with packs so
 /// small that the pack-writing thread is often busy and the putting threads
-/// write packs themselves: everything reads back, before and after the
-/// flush, deduplicated across threads, and the store verifies.
+/// write packs themselves (or, without that thread, always do): everything
+/// reads back, before and after the flush, deduplicated across threads, and
+/// the store verifies.
 #[test]
 fn threads_putting_at_once_lose_nothing() -> TestResult {
+    threads_putting_at_once(true)?;
+    threads_putting_at_once(false)
+}
+
+fn threads_putting_at_once(pack_thread: bool) -> TestResult {
     let dir = tempfile::tempdir()?;
-    let store = create_with(dir.path(), 1, StoreOptions { pack_target: 32 * 1024, ..options() })?;
+    let store =
+        create_with(dir.path(), 1, StoreOptions { pack_target: 32 * 1024, pack_thread, ..options() })?;
     let w = store.writer()?;
     let shared = bytes(99, 300_000);
     let files: Vec<Vec<u8>> = (0..6u64).map(|i| [bytes(i, 400_000), shared.clone()].concat()).collect();
