@@ -72,10 +72,13 @@ ingest() {
     rm -f "$log"
 }
 
-echo "== ingest one 2 GiB file, one thread"
+echo "== ingest one 2 GiB file, one thread (and the store's pack-writing thread)"
 ingest "$big"
-echo "== ingest the same bytes as 8 files of 256 MiB, two threads"
+echo "== ingest the same bytes as 8 files of 256 MiB, two threads (and the pack-writing thread)"
 ingest --threads 2 "$data"/parts/part*
+echo "== the same two without the pack-writing thread: exactly one, then two threads"
+ingest --no-pack-thread "$big"
+ingest --no-pack-thread --threads 2 "$data"/parts/part*
 
 if [[ $criterion == 1 ]]; then
     echo "== criterion benches"
