@@ -15,13 +15,14 @@
 //!   encrypted here: objects length u16, padding u8, flags u8 (bit 0: the
 //!   trailer holds the next two u64 as header offset and length instead of
 //!   pointing at the header; bit 1: the header's count is set to fit the
-//!   entries given), then the header plaintext.
+//!   entries given; bit 2: the pack states format 1, and its header and
+//!   trailer are sealed for it), then the header plaintext.
 
 #![no_main]
 
 use dbox_store::pack::{
     apply_body_stream, read_body_stream, read_header, PackBuilder, PackEntry, BODY_START, PACK_FORMAT,
-    PACK_MAGIC, PACK_PREFIX_LEN, TRAILER_LEN,
+    PACK_FORMAT_XCHACHA20, PACK_MAGIC, PACK_PREFIX_LEN, TRAILER_LEN,
 };
 use dbox_store::ObjectId;
 use dbox_store_fuzz::{forge, keys, pack_bytes, Cursor, Mem};
@@ -90,7 +91,8 @@ fn forged(c: &mut Cursor<'_>) {
         let count = ((header.len() - 8) / 44) as u32;
         header[4..8].copy_from_slice(&count.to_le_bytes());
     }
-    let mut objects = [&PACK_MAGIC[..], &PACK_FORMAT.to_le_bytes()].concat();
+    let format = if flags & 4 != 0 { PACK_FORMAT_XCHACHA20 } else { PACK_FORMAT };
+    let mut objects = [&PACK_MAGIC[..], &format.to_le_bytes()].concat();
     objects.resize(BODY_START + objects_len, 0x5a);
     read(&forge().pack_file(&objects, &header, pad, trailer));
 }

@@ -147,8 +147,8 @@ fn seal(cipher: &XChaCha20Poly1305, nonce: &[u8; NONCE_LEN], aad: &[u8], plain: 
     out
 }
 
-fn pack_aad(label: &[u8]) -> Vec<u8> {
-    [label, PACK_MAGIC, &PACK_FORMAT.to_le_bytes()].concat()
+fn pack_aad(label: &[u8], format: u32) -> Vec<u8> {
+    [label, PACK_MAGIC, &format.to_le_bytes()].concat()
 }
 
 impl Forge {
@@ -189,6 +189,8 @@ impl Forge {
     /// A pack file: `objects` (prefix and body nonce included), the header
     /// sealed from `header_plain`, `pad` bytes of padding, and a trailer that
     /// points at the header, or holds `trailer` (offset, length) when given.
+    /// Header and trailer are sealed for the format the prefix in `objects`
+    /// states (the current one when `objects` is too short to state one).
     pub fn pack_file(
         &self,
         objects: &[u8],
@@ -196,12 +198,13 @@ impl Forge {
         pad: usize,
         trailer: Option<(u64, u64)>,
     ) -> Vec<u8> {
-        let header = seal(&self.pack, &[1; NONCE_LEN], &pack_aad(PACK_HEADER_AAD), header_plain);
+        let format = objects.get(8..12).map_or(PACK_FORMAT, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+        let header = seal(&self.pack, &[1; NONCE_LEN], &pack_aad(PACK_HEADER_AAD, format), header_plain);
         let (offset, len) = trailer.unwrap_or((objects.len() as u64, header.len() as u64));
         let mut t = [0u8; 16];
         t[..8].copy_from_slice(&offset.to_le_bytes());
         t[8..].copy_from_slice(&len.to_le_bytes());
-        let trailer = seal(&self.pack, &[2; NONCE_LEN], &pack_aad(PACK_TRAILER_AAD), &t);
+        let trailer = seal(&self.pack, &[2; NONCE_LEN], &pack_aad(PACK_TRAILER_AAD, format), &t);
         let mut out = objects.to_vec();
         out.extend_from_slice(&header);
         out.resize(out.len() + pad, 0xa5);

@@ -131,11 +131,13 @@ impl<R: Read> Chunker<R> {
         }
     }
 
-    /// Like [`Chunker::with_params`], but reads into `buf` (its contents do
-    /// not matter). A caller that chunks many files reuses one buffer this
-    /// way, with [`Chunker::into_buffer`], instead of touching fresh memory
-    /// for every file.
-    pub fn with_buffer(reader: R, params: ChunkerParams, buf: Vec<u8>) -> Self {
+    /// Like [`Chunker::with_params`], but reads into `buf`'s memory. A
+    /// caller that chunks many files reuses one buffer this way, with
+    /// [`Chunker::into_buffer`], instead of touching fresh memory for every
+    /// file. Its contents are cleared first, so nothing of an earlier file
+    /// can reach this one's chunks, whatever the reader does.
+    pub fn with_buffer(reader: R, params: ChunkerParams, mut buf: Vec<u8>) -> Self {
+        buf.clear();
         let mut c = Self::with_params(reader, params);
         c.buf = buf;
         c

@@ -59,7 +59,6 @@ pub fn padme(len: u64) -> u64 {
 pub struct PackBuilder {
     buf: Vec<u8>,
     entries: Vec<PackEntry>,
-    nonce: [u8; NONCE_LEN],
     keys: Keys,
 }
 
@@ -92,25 +91,24 @@ pub fn apply_body_stream(keys: &Keys, body: &BodyStream, offset: u64, buf: &mut 
     }
 }
 
-/// Checks a pack format version read from a pack.
-fn check_format(version: u32, what: &'static str) -> Result<u32, DecodeError> {
-    if version == PACK_FORMAT || version == PACK_FORMAT_XCHACHA20 {
-        Ok(version)
-    } else {
-        Err(DecodeError::UnsupportedVersion { what, found: version })
+impl BodyStream {
+    /// The same nonce under the other known format's keystream: what a pack
+    /// whose format field was damaged needs.
+    pub fn other(&self) -> Self {
+        let format = if self.format == PACK_FORMAT_XCHACHA20 { PACK_FORMAT } else { PACK_FORMAT_XCHACHA20 };
+        Self { format, ..*self }
     }
 }
 
 impl PackBuilder {
-    /// An empty pack with a fresh random body nonce.
+    /// An empty pack. Its body nonce is drawn when it is written
+    /// ([`PackBuilder::write_to`]); until then the prefix holds zeros.
     pub fn new(keys: &Keys) -> Result<Self, StoreError> {
-        let mut nonce = [0u8; NONCE_LEN];
-        fill_random(&mut nonce)?;
         let mut buf = Vec::new();
         buf.extend_from_slice(PACK_MAGIC);
         buf.extend_from_slice(&PACK_FORMAT.to_le_bytes());
-        buf.extend_from_slice(&nonce);
-        Ok(Self { buf, entries: Vec::new(), nonce, keys: keys.clone() })
+        buf.resize(BODY_START, 0);
+        Ok(Self { buf, entries: Vec::new(), keys: keys.clone() })
     }
 
     /// Appends an object's stored bytes.
@@ -146,17 +144,18 @@ impl PackBuilder {
         self.buf[start..start + entry.len as usize].to_vec()
     }
 
-    /// Empties the pack for reuse, keeping its buffer, with a new nonce.
-    pub fn reset(&mut self) -> Result<(), StoreError> {
-        fill_random(&mut self.nonce)?;
-        self.buf.truncate(PACK_PREFIX_LEN);
-        self.buf.extend_from_slice(&self.nonce);
+    /// Empties the pack for reuse, keeping its buffer.
+    pub fn reset(&mut self) {
+        self.buf.truncate(BODY_START);
         self.entries.clear();
-        Ok(())
     }
 
-    /// Streams the finished pack — body under the keystream, then
-    /// [`PackBuilder::seal`]'s tail — to `sink` in blocks, and returns its id.
+    /// Streams the finished pack — prefix with a fresh random body nonce,
+    /// body under that nonce's keystream, then [`PackBuilder::seal`]'s tail —
+    /// to `sink` in blocks, and returns its id. Every call draws a new
+    /// nonce, so a retried write never gives a second file whose body
+    /// matches the first one's byte for byte (which would tell a storage
+    /// peer holding both that they hold the same objects).
     pub fn write_to(
         &self,
         tail: &[u8],
@@ -165,16 +164,21 @@ impl PackBuilder {
         // Small enough that a block is still in the core's cache when it
         // is hashed and written.
         const BLOCK: usize = 256 << 10;
+        let mut prefix = [0u8; BODY_START];
+        prefix[..PACK_PREFIX_LEN].copy_from_slice(&self.buf[..PACK_PREFIX_LEN]);
+        let mut nonce = [0u8; NONCE_LEN];
+        fill_random(&mut nonce)?;
+        prefix[PACK_PREFIX_LEN..].copy_from_slice(&nonce);
         let mut h = blake3::Hasher::new();
-        h.update(&self.buf[..BODY_START]);
-        sink(&self.buf[..BODY_START])?;
+        h.update(&prefix);
+        sink(&prefix)?;
         let mut block = vec![0u8; BLOCK];
         let mut off = BODY_START;
         while off < self.buf.len() {
             let end = (off + BLOCK).min(self.buf.len());
             let out = &mut block[..end - off];
             let pos = (off - BODY_START) as u64;
-            self.keys.pack_body.xor_blake3_into(&self.nonce, pos, &self.buf[off..end], out);
+            self.keys.pack_body.xor_blake3_into(&nonce, pos, &self.buf[off..end], out);
             h.update(out);
             sink(out)?;
             off = end;
@@ -237,9 +241,10 @@ fn read_at(file: &dyn ReadAt, offset: u64, len: usize) -> Result<Vec<u8>, Decode
 }
 
 /// Reads the format and body nonce of the pack in `file`. Neither the magic
-/// nor the format is checked here: objects are checked against their ids,
-/// so a damaged prefix (read as the current format) costs no object that is
-/// intact. [`read_header`] checks both.
+/// nor the format is checked here: a format field that does not say 1 is
+/// read as the current format, and a reader whose object then fails its id
+/// check tries [`BodyStream::other`], so a damaged prefix costs no object
+/// that is intact. [`read_header`] lets the header's AEAD decide.
 pub fn read_body_stream(file: &dyn ReadAt) -> Result<BodyStream, DecodeError> {
     let b = read_at(file, 0, BODY_START)?;
     let format = match u32::from_le_bytes([b[8], b[9], b[10], b[11]]) {
@@ -265,12 +270,28 @@ pub fn read_header(file: &dyn ReadAt, len: u64, keys: &Keys) -> Result<Vec<PackE
         return Err(DecodeError::TooLarge { what: "pack", size: len, limit: MAX_PACK_SIZE });
     }
     let prefix = read_at(file, 0, PACK_PREFIX_LEN)?;
-    if &prefix[..8] != PACK_MAGIC {
-        return Err(DecodeError::BadMagic { what: "pack" });
-    }
-    let format = check_format(u32::from_le_bytes([prefix[8], prefix[9], prefix[10], prefix[11]]), "pack")?;
+    let stated = u32::from_le_bytes([prefix[8], prefix[9], prefix[10], prefix[11]]);
     let trailer = read_at(file, len - TRAILER_LEN as u64, TRAILER_LEN)?;
-    let t = keys.pack.open(&aad(TRAILER_AAD, format), &trailer)?;
+    // The trailer's associated data binds the format, so it decides: a
+    // damaged magic or format field does not cost an intact pack, and no
+    // other format can pass for the right one. The stated format is tried
+    // first.
+    let order = if stated == PACK_FORMAT_XCHACHA20 {
+        [PACK_FORMAT_XCHACHA20, PACK_FORMAT]
+    } else {
+        [PACK_FORMAT, PACK_FORMAT_XCHACHA20]
+    };
+    let Some((format, t)) =
+        order.into_iter().find_map(|f| keys.pack.open(&aad(TRAILER_AAD, f), &trailer).ok().map(|t| (f, t)))
+    else {
+        return Err(if &prefix[..8] != PACK_MAGIC {
+            DecodeError::BadMagic { what: "pack" }
+        } else if stated != PACK_FORMAT && stated != PACK_FORMAT_XCHACHA20 {
+            DecodeError::UnsupportedVersion { what: "pack", found: stated }
+        } else {
+            DecodeError::Decrypt
+        });
+    };
     let header_offset = u64::from_le_bytes(t[..8].try_into().map_err(|_| DecodeError::Decrypt)?);
     let header_len = u64::from_le_bytes(t[8..16].try_into().map_err(|_| DecodeError::Decrypt)?);
     let max_header = (NONCE_LEN + TAG_LEN + 8 + MAX_PACK_OBJECTS * ENTRY_LEN) as u64;
@@ -337,9 +358,14 @@ mod tests {
     /// A pack as format 1 wrote it: XChaCha20 body keystream, version 1 in
     /// the prefix, the header and both associated data; no padding.
     pub(crate) fn format1_pack(keys: &Keys, objects: &[&[u8]]) -> (Vec<u8>, Vec<PackEntry>) {
+        pack_of_format(keys, objects, 1)
+    }
+
+    /// [`format1_pack`] with `version` in place of 1 everywhere.
+    fn pack_of_format(keys: &Keys, objects: &[&[u8]], version: u32) -> (Vec<u8>, Vec<PackEntry>) {
         let nonce = [9u8; NONCE_LEN];
         let mut out = PACK_MAGIC.to_vec();
-        out.extend_from_slice(&1u32.to_le_bytes());
+        out.extend_from_slice(&version.to_le_bytes());
         out.extend_from_slice(&nonce);
         let mut entries = Vec::new();
         for stored in objects {
@@ -353,7 +379,7 @@ mod tests {
                 len: stored.len() as u32,
             });
         }
-        let mut plain = 1u32.to_le_bytes().to_vec();
+        let mut plain = version.to_le_bytes().to_vec();
         plain.extend_from_slice(&(entries.len() as u32).to_le_bytes());
         for e in &entries {
             plain.extend_from_slice(e.id.as_bytes());
@@ -361,11 +387,13 @@ mod tests {
             plain.extend_from_slice(&e.len.to_le_bytes());
         }
         let header_offset = out.len() as u64;
-        let header = keys.pack.seal_random(&aad(HEADER_AAD, 1), &plain).expect("sealing memory");
+        let header = keys.pack.seal_random(&aad(HEADER_AAD, version), &plain).expect("sealing memory");
         let mut t = header_offset.to_le_bytes().to_vec();
         t.extend_from_slice(&(header.len() as u64).to_le_bytes());
         out.extend_from_slice(&header);
-        out.extend_from_slice(&keys.pack.seal_random(&aad(TRAILER_AAD, 1), &t).expect("sealing memory"));
+        out.extend_from_slice(
+            &keys.pack.seal_random(&aad(TRAILER_AAD, version), &t).expect("sealing memory"),
+        );
         (out, entries)
     }
 
@@ -392,11 +420,22 @@ mod tests {
         let mut wrong = bytes[entries[0].offset as usize..][..entries[0].len as usize].to_vec();
         apply_body_stream(&keys, &BodyStream { format: PACK_FORMAT, ..body }, entries[0].offset, &mut wrong);
         assert_ne!(wrong, objects[0]);
+        // A damaged magic or format field costs nothing: the header's AEAD
+        // decides the format, and a failed object read tries the other
+        // keystream (see `a_store_reads_its_format1_packs`).
+        for (at, value) in [(8, 2), (8, 3), (8, 0xff), (11, 1), (0, b'X')] {
+            let mut damaged = bytes.clone();
+            damaged[at] = value;
+            assert_eq!(
+                read_header(&Mem(damaged), bytes.len() as u64, &keys)?,
+                entries,
+                "byte {at} = {value}"
+            );
+        }
         // A format this build does not know is refused by the header read.
-        let mut other = bytes.clone();
-        other[8] = 3;
+        let (future, _) = pack_of_format(&keys, &objects, 3);
         assert!(matches!(
-            read_header(&Mem(other), bytes.len() as u64, &keys),
+            read_header(&Mem(future.clone()), future.len() as u64, &keys),
             Err(DecodeError::UnsupportedVersion { found: 3, .. })
         ));
         Ok(())
@@ -429,6 +468,109 @@ mod tests {
         Ok(())
     }
 
+    /// One damaged format byte in a pack of either format: every object
+    /// still reads, the index is rebuilt with it, and `verify` reports the
+    /// pack (its bytes no longer hash to its name) but no object.
+    #[test]
+    fn a_damaged_format_field_costs_no_object() -> Result<(), Box<dyn std::error::Error>> {
+        use crate::{RepoId, Store, StoreOptions};
+        for format in [PACK_FORMAT_XCHACHA20, PACK_FORMAT] {
+            for value in [0u8, 1, 2, 3, 0xff] {
+                let what = format!("format {format}, byte 8 = {value}");
+                let dir = tempfile::tempdir()?;
+                let root = dir.path().join("s");
+                let store = Store::create(
+                    &root,
+                    RepoId([2; 32]),
+                    &RepoKey::from_bytes([1; 32]),
+                    StoreOptions::default(),
+                )?;
+                let w = store.writer()?;
+                let id = if format == PACK_FORMAT_XCHACHA20 {
+                    let (id, stored) =
+                        crate::object::seal(store.keys(), crate::object::ObjectKind::Chunk, b"some content");
+                    let (bytes, _) = format1_pack(store.keys(), &[&stored]);
+                    let name = format!("{}.pack", hex::encode(blake3::hash(&bytes).as_bytes()));
+                    std::fs::write(root.join("packs").join(name), &bytes)?;
+                    id
+                } else {
+                    let id = w.put_chunk(b"some content")?;
+                    w.flush()?;
+                    id
+                };
+                assert!(w.rebuild_index()?.is_empty());
+                drop(w);
+                let pack = std::fs::read_dir(root.join("packs"))?.next().ok_or("no pack")??.path();
+                let mut bytes = std::fs::read(&pack)?;
+                bytes[8] = value;
+                std::fs::write(&pack, &bytes)?;
+                let s = Store::open(&root, StoreOptions::default())?;
+                assert_eq!(s.get_chunk(&id).map_err(|e| format!("{what}: {e}"))?, b"some content", "{what}");
+                assert!(s.writer()?.rebuild_index()?.is_empty(), "{what}");
+                assert_eq!(s.get_chunk(&id)?, b"some content", "{what}");
+                let report = s.verify(&crate::verify::VerifyOptions { read_data: true })?;
+                if value as u32 == format {
+                    assert!(report.is_ok(), "{what}: {:?}", report.problems);
+                } else {
+                    assert_eq!(report.problems.len(), 1, "{what}: {:?}", report.problems);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The format-2 keystream as the `blake3` crate makes it directly,
+    /// pinned: a change to the construction breaks every stored pack.
+    #[test]
+    fn format2_keystream_golden() {
+        let keys = Keys::derive(&RepoKey::from_bytes([1; 32]));
+        let key = blake3::derive_key("dbox 2026-12-03 pack body blake3 stream key v2", &[1; 32]);
+        let mut expect = [0u8; 16];
+        let mut r = blake3::Hasher::new_keyed(&key).update(&[9; NONCE_LEN]).finalize_xof();
+        r.set_position(100);
+        r.fill(&mut expect);
+        let mut ks = [0u8; 16];
+        apply_body_stream(&keys, &BodyStream { format: PACK_FORMAT, nonce: [9; NONCE_LEN] }, 136, &mut ks);
+        assert_eq!(ks, expect);
+        assert_eq!(hex::encode(ks), "806b23c709cddaa663c3d1e2751b68b3");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 64, ..Default::default() })]
+        /// Any span of a written pack's body, at any offset and length,
+        /// reads back through the body keystream.
+        #[test]
+        fn any_span_reads_back(
+            sizes in proptest::collection::vec(0usize..30_000, 1..40),
+            spans in proptest::collection::vec((0.0f64..1.0, 0usize..20_000), 1..30),
+        ) {
+            let keys = Keys::derive(&RepoKey::from_bytes([5; 32]));
+            let mut b = PackBuilder::new(&keys)?;
+            for (i, n) in sizes.iter().enumerate() {
+                let data: Vec<u8> = (0..*n).map(|j| (j * 31 + i * 7) as u8).collect();
+                b.push(ObjectId([i as u8; 32]), &data);
+            }
+            let tail = b.seal()?;
+            let mut file = Vec::new();
+            b.write_to(&tail, |c| { file.extend_from_slice(c); Ok(()) })?;
+            let body = read_body_stream(&Mem(file.clone()))?;
+            let body_len = b.buf.len() - BODY_START;
+            if body_len == 0 {
+                return Ok(());
+            }
+            for (f, len) in spans {
+                let start = BODY_START + ((f * body_len as f64) as usize).min(body_len - 1);
+                let end = (start + len).min(b.buf.len());
+                let mut got = file[start..end].to_vec();
+                apply_body_stream(&keys, &body, start as u64, &mut got);
+                proptest::prop_assert_eq!(&got[..], &b.buf[start..end]);
+                let mut via = vec![0u8; end - start];
+                keys.pack_body.xor_blake3_into(&body.nonce, (start - BODY_START) as u64, &file[start..end], &mut via);
+                proptest::prop_assert_eq!(&via[..], &b.buf[start..end]);
+            }
+        }
+    }
+
     #[test]
     fn padme_bounds() {
         for len in [0u64, 1, 2, 3, 100, 1000, 65_537, 1 << 25, (1 << 25) + 1, 40_000_000] {
@@ -453,13 +595,22 @@ mod tests {
             Ok(())
         })?;
         assert!(!bytes.windows(5).any(|w| w == b"hello"), "objects are hidden in the pack");
-        assert_eq!(
-            read_body_stream(&Mem(bytes.clone()))?,
-            BodyStream { format: PACK_FORMAT, nonce: b.nonce }
-        );
+        let body = read_body_stream(&Mem(bytes.clone()))?;
+        assert_eq!(body.format, PACK_FORMAT);
         let mut hello = bytes[e1.offset as usize..][..5].to_vec();
-        apply_body_stream(&keys, &BodyStream { format: PACK_FORMAT, nonce: b.nonce }, e1.offset, &mut hello);
+        apply_body_stream(&keys, &body, e1.offset, &mut hello);
         assert_eq!(hello, b"hello");
+        // Writing the same pack again draws a new body nonce: no two files
+        // share their body bytes.
+        let mut again = Vec::new();
+        b.write_to(&tail, |chunk| {
+            again.extend_from_slice(chunk);
+            Ok(())
+        })?;
+        assert_eq!(again.len(), bytes.len());
+        assert_ne!(read_body_stream(&Mem(again.clone()))?.nonce, body.nonce);
+        assert_ne!(again[BODY_START..BODY_START + 64], bytes[BODY_START..BODY_START + 64]);
+        assert_eq!(read_header(&Mem(again), bytes.len() as u64, &keys)?, b.entries());
         assert_eq!(id.0, *blake3::hash(&bytes).as_bytes());
         assert_eq!(bytes.len() as u64, padme(bytes.len() as u64));
         let entries = b.entries().to_vec();

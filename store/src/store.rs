@@ -499,12 +499,17 @@ impl Store {
                 StoreError::io("read", pack_path(&self.inner.root, &loc.pack))(e)
             }
         })?;
-        apply_body_stream(&self.inner.keys, &h.body, loc.offset, &mut buf);
-        object::check_id(id, &buf).map_err(|source| StoreError::CorruptObject {
-            id: *id,
-            pack: Some(loc.pack),
-            source,
-        })?;
+        let keys = &self.inner.keys;
+        apply_body_stream(keys, &h.body, loc.offset, &mut buf);
+        if let Err(source) = object::check_id(id, &buf) {
+            // A damaged format field in the pack's prefix picks the wrong
+            // keystream; the id check makes trying the other one safe.
+            apply_body_stream(keys, &h.body, loc.offset, &mut buf);
+            apply_body_stream(keys, &h.body.other(), loc.offset, &mut buf);
+            if object::check_id(id, &buf).is_err() {
+                return Err(StoreError::CorruptObject { id: *id, pack: Some(loc.pack), source });
+            }
+        }
         Ok(buf)
     }
 
@@ -672,6 +677,7 @@ impl Store {
             core,
             open: Mutex::new(OpenPack::new(&self.inner.keys)?),
             flushing: Mutex::new(()),
+            chunker_buffers: Mutex::new(Vec::new()),
             to_thread,
             thread,
             _guard: guard,
@@ -714,6 +720,10 @@ impl OpenPack {
 /// written at once with two threads putting objects (one open, one on the
 /// writing thread, one written by each putting thread).
 const FREE_PACK_BUFFERS: usize = 3;
+
+/// Chunker buffers a writer keeps for reuse: one per thread putting files
+/// at once, up to this many.
+const CHUNKER_BUFFERS: usize = 4;
 
 /// What the writer shares with its pack-writing thread.
 struct Core {
@@ -760,7 +770,8 @@ impl Core {
         if let Ok(pp) = Arc::try_unwrap(p) {
             let mut builder = pp.pack.builder;
             let mut free = lock_ignoring_poison(&self.free);
-            if free.len() < FREE_PACK_BUFFERS && builder.reset().is_ok() {
+            if free.len() < FREE_PACK_BUFFERS {
+                builder.reset();
                 free.push(builder);
             }
         }
@@ -782,6 +793,9 @@ pub struct Writer {
     open: Mutex<OpenPack>,
     /// Serializes flushes, which write and merge index segments.
     flushing: Mutex<()>,
+    /// Chunker buffers (up to 16 MiB each) of finished `put_file` calls, for
+    /// the next ones: fresh memory costs a page fault per 4 KiB.
+    chunker_buffers: Mutex<Vec<Vec<u8>>>,
     to_thread: Option<std::sync::mpsc::SyncSender<Pending>>,
     thread: Option<std::thread::JoinHandle<()>>,
     /// Dropped last, after the thread has stopped.
@@ -874,19 +888,17 @@ impl Writer {
 
     /// Chunks and stores everything `reader` yields.
     pub fn put_file(&self, mut reader: impl Read) -> Result<FileChunks, StoreError> {
-        thread_local! {
-            /// The chunker's buffer (up to 16 MiB), kept for this thread's
-            /// next file: fresh memory costs a page fault per 4 KiB.
-            static CHUNKER_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-        }
-        let buf = CHUNKER_BUFFER.with(|b| std::mem::take(&mut *b.borrow_mut()));
+        let buf = lock_ignoring_poison(&self.chunker_buffers).pop().unwrap_or_default();
         let mut chunker = Chunker::with_buffer(&mut reader, self.core.store.chunker_params(), buf);
         let mut out = FileChunks::default();
         while let Some(chunk) = chunker.next_chunk().map_err(StoreError::io("read", "<input>"))? {
             out.chunks.push(self.put_chunk(chunk)?);
             out.size += chunk.len() as u64;
         }
-        CHUNKER_BUFFER.with(|b| *b.borrow_mut() = chunker.into_buffer());
+        let mut spare = lock_ignoring_poison(&self.chunker_buffers);
+        if spare.len() < CHUNKER_BUFFERS {
+            spare.push(chunker.into_buffer());
+        }
         Ok(out)
     }
 
