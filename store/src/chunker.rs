@@ -40,7 +40,7 @@ use fastcdc::v2020::MASKS;
 use crate::limits::{CHUNK_AVG, CHUNK_MAX, CHUNK_MIN};
 
 /// The buffer holds this many maximum-size chunks.
-pub const BUFFER_CHUNKS: usize = 4;
+pub const BUFFER_CHUNKS: usize = 2;
 
 /// FastCDC sizes and gear seed. Changing them changes every chunk id, so
 /// they are fixed for a repository; the store sets `seed` from the repo key

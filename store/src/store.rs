@@ -793,7 +793,7 @@ pub struct Writer {
     open: Mutex<OpenPack>,
     /// Serializes flushes, which write and merge index segments.
     flushing: Mutex<()>,
-    /// Chunker buffers (up to 16 MiB each) of finished `put_file` calls, for
+    /// Chunker buffers (up to 8 MiB each) of finished `put_file` calls, for
     /// the next ones: fresh memory costs a page fault per 4 KiB.
     chunker_buffers: Mutex<Vec<Vec<u8>>>,
     to_thread: Option<std::sync::mpsc::SyncSender<Pending>>,
@@ -925,17 +925,29 @@ impl Writer {
             {
                 return Ok(id);
             }
-            let entry = open.builder.push(id, stored);
-            open.map.insert(id, entry);
-            if open.builder.len() >= self.core.store.inner.opts.pack_target
-                || open.builder.count() >= MAX_PACK_OBJECTS / 2
-            {
-                let full = pending(std::mem::replace(&mut *open, self.core.new_open_pack()?));
-                lock_ignoring_poison(&self.core.pending).push(full.clone());
-                Some(full)
+            let target = self.core.store.inner.opts.pack_target;
+            // A pack is sealed before an object would take it past the
+            // target, so a pack's buffer never holds more than the target
+            // (three of them may be alive: open, being written by the pack
+            // thread, being written by a putting thread).
+            let full = if !open.builder.is_empty() && open.builder.len() + stored.len() > target {
+                Some(std::mem::replace(&mut *open, self.core.new_open_pack()?))
             } else {
                 None
-            }
+            };
+            let entry = open.builder.push(id, stored);
+            open.map.insert(id, entry);
+            let full = match full {
+                None if open.builder.len() >= target || open.builder.count() >= MAX_PACK_OBJECTS / 2 => {
+                    Some(std::mem::replace(&mut *open, self.core.new_open_pack()?))
+                }
+                full => full,
+            };
+            full.map(|f| {
+                let full = pending(f);
+                lock_ignoring_poison(&self.core.pending).push(full.clone());
+                full
+            })
         };
         // Written outside the `open` lock, by the pack-writing thread if it
         // is free. If it is still busy with the previous pack, this thread
