@@ -15,12 +15,12 @@
 //! [`StoreOptions::pack_thread`] turns the thread off.
 //!
 //! Where the time goes, measured (`bench/RESULTS.md`): the per-object work
-//! (cutting, the nonce hash, XChaCha20-Poly1305, the id hash) is about three
-//! quarters of it, the pack-level work (keystream, pack hash, write) a
-//! quarter. One putting thread runs at about 75 % of the single-core
-//! ceiling because the pack thread takes that quarter; two putting threads
-//! then run at only about 1.3 to 1.4 times that on two cores, since the
-//! quarter is no longer free.
+//! (cutting, the nonce hash, XChaCha20-Poly1305, the id hash) is most of
+//! it; the pack-level work (keystream, pack hash, write) adds a quarter to a
+//! third. One putting thread runs at about 80 % of the
+//! single-core ceiling because the pack thread takes that part; two putting
+//! threads then run at only about 1.25 to 1.35 times that on two cores,
+//! since it is no longer free.
 
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
