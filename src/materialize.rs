@@ -765,30 +765,3 @@ type Written = Vec<(Vec<u8>, Option<Stat>)>;
 
 /// Threads that write files during a restore or checkout.
 const WRITE_THREADS: usize = 2;
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The names this module gives its temporary files are exactly the ones
-    /// the scanner skips and a later checkout removes; look-alikes are not.
-    #[test]
-    fn temporary_names_and_look_alikes() -> Result<()> {
-        for _ in 0..100 {
-            let p = temp_name(Path::new("/x"))?;
-            let name = p.file_name().map(|n| n.as_bytes().to_vec()).unwrap_or_default();
-            assert!(crate::worktree::is_restore_temp(&name), "{}", p.display());
-        }
-        for other in [
-            &b".dbox-restore-notes.tmp"[..],
-            b".dbox-restore-0123456789ABCDEF.tmp",
-            b".dbox-restore-0123456789abcde.tmp",
-            b".dbox-restore-0123456789abcdef0.tmp",
-            b".dbox-restore-0123456789abcdef.tmp.bak",
-            b"dbox-restore-0123456789abcdef.tmp",
-        ] {
-            assert!(!crate::worktree::is_restore_temp(other), "{}", String::from_utf8_lossy(other));
-        }
-        Ok(())
-    }
-}

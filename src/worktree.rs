@@ -91,16 +91,6 @@ pub struct Scan {
     pub leftovers: Vec<Vec<u8>>,
 }
 
-/// Whether `name` is the name of a restore's temporary file:
-/// `.dbox-restore-` and 16 lowercase hex digits, then `.tmp` (see
-/// `materialize::temp_name`). Any other name is content, even one that
-/// looks alike.
-pub fn is_restore_temp(name: &[u8]) -> bool {
-    name.strip_prefix(b".dbox-restore-")
-        .and_then(|r| r.strip_suffix(b".tmp"))
-        .is_some_and(|hex| hex.len() == 16 && hex.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
-}
-
 /// The absolute path of a relative tree path.
 pub fn abs_path(root: &Path, rel: &[u8]) -> PathBuf {
     root.join(std::ffi::OsStr::from_bytes(rel))
@@ -176,7 +166,7 @@ fn read_folder(
             continue;
         }
         // Temporary files of an interrupted restore are never content.
-        if is_restore_temp(name) {
+        if name.starts_with(b".dbox-restore-") && name.ends_with(b".tmp") {
             leftovers.push(if job.rel.is_empty() {
                 name.to_vec()
             } else {
