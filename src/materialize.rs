@@ -339,12 +339,7 @@ pub fn restore(repo: &Repo, version: &VersionId, opts: &RestoreOptions) -> Resul
         }
     }
     match &opts.to {
-        None => {
-            // Hold the writer lock so no commit or checkout runs while the
-            // tree changes.
-            let _w = repo.store().writer_wait(LOCK_WAIT)?;
-            apply(repo, &base, &target, &opts.paths, repo.root(), true, opts.force, None)
-        }
+        None => apply(repo, &base, &target, &opts.paths, repo.root(), true, opts.force, None),
         Some(dir) => {
             // Check the nearest existing ancestor before creating anything.
             let existing = dir.ancestors().find(|a| a.exists()).unwrap_or(Path::new("."));
@@ -523,14 +518,6 @@ fn apply(
 ) -> Result<Outcome> {
     let store = repo.store();
     let scanned = scan(root)?;
-    if root == repo.root() {
-        // Every command that writes the working tree holds the writer lock
-        // (a clone's early checkout through its pull), so these temporary
-        // files belong to one that was killed: gone with it.
-        for p in &scanned.leftovers {
-            let _ = std::fs::remove_file(abs_path(root, p));
-        }
-    }
     let mut out = Outcome { warnings: scanned.warnings.clone(), ..Outcome::default() };
     // A working copy is saved when some version holds that content at that
     // path: HEAD (cheap, through the cache) or an earlier one.

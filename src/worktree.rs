@@ -85,10 +85,6 @@ pub struct Scan {
     pub entries: BTreeMap<Vec<u8>, WtEntry>,
     /// Things skipped, as sentences.
     pub warnings: Vec<String>,
-    /// Temporary files of an interrupted restore or checkout
-    /// (`.dbox-restore-*.tmp`), never content: a command that holds the
-    /// writer lock removes them (see `materialize`).
-    pub leftovers: Vec<Vec<u8>>,
 }
 
 /// The absolute path of a relative tree path.
@@ -132,7 +128,6 @@ fn read_folder(
     job: &Job,
     out: &mut Vec<WtEntry>,
     warnings: &mut Vec<String>,
-    leftovers: &mut Vec<Vec<u8>>,
     subdirs: &mut Vec<Job>,
 ) -> Result<()> {
     let entries: Vec<std::fs::DirEntry> = match std::fs::read_dir(&job.abs) {
@@ -167,11 +162,6 @@ fn read_folder(
         }
         // Temporary files of an interrupted restore are never content.
         if name.starts_with(b".dbox-restore-") && name.ends_with(b".tmp") {
-            leftovers.push(if job.rel.is_empty() {
-                name.to_vec()
-            } else {
-                [&job.rel[..], b"/", name].concat()
-            });
             continue;
         }
         if let Err(err) = dbox_store::Name::new(name.to_vec()) {
@@ -225,15 +215,13 @@ pub fn scan(root: &Path) -> Result<Scan> {
         ..Queue::default()
     });
     let wake = Condvar::new();
-    type Found = (Vec<WtEntry>, Vec<String>, Vec<Vec<u8>>);
-    let results: Mutex<Found> = Mutex::new((Vec::new(), Vec::new(), Vec::new()));
+    let results: Mutex<(Vec<WtEntry>, Vec<String>)> = Mutex::new((Vec::new(), Vec::new()));
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 4);
     std::thread::scope(|s| {
         for _ in 0..threads {
             s.spawn(|| {
                 let mut out = Vec::new();
                 let mut warnings = Vec::new();
-                let mut leftovers = Vec::new();
                 loop {
                     let job = {
                         let mut q = queue.lock().unwrap_or_else(|e| e.into_inner());
@@ -253,7 +241,7 @@ pub fn scan(root: &Path) -> Result<Scan> {
                     };
                     let Some(job) = job else { break };
                     let mut subdirs = Vec::new();
-                    let r = read_folder(&job, &mut out, &mut warnings, &mut leftovers, &mut subdirs);
+                    let r = read_folder(&job, &mut out, &mut warnings, &mut subdirs);
                     let mut q = queue.lock().unwrap_or_else(|e| e.into_inner());
                     q.active -= 1;
                     let new_work = !subdirs.is_empty();
@@ -272,16 +260,14 @@ pub fn scan(root: &Path) -> Result<Scan> {
                 let mut r = results.lock().unwrap_or_else(|e| e.into_inner());
                 r.0.append(&mut out);
                 r.1.append(&mut warnings);
-                r.2.append(&mut leftovers);
             });
         }
     });
     if let Some(e) = queue.into_inner().unwrap_or_else(|e| e.into_inner()).failed {
         return Err(e);
     }
-    let (mut entries, mut warnings, mut leftovers) = results.into_inner().unwrap_or_else(|e| e.into_inner());
+    let (mut entries, mut warnings) = results.into_inner().unwrap_or_else(|e| e.into_inner());
     entries.sort_unstable_by(|a, b| a.path.cmp(&b.path));
     warnings.sort();
-    leftovers.sort();
-    Ok(Scan { entries: entries.into_iter().map(|e| (e.path.clone(), e)).collect(), warnings, leftovers })
+    Ok(Scan { entries: entries.into_iter().map(|e| (e.path.clone(), e)).collect(), warnings })
 }

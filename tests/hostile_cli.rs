@@ -699,15 +699,6 @@ fn a_checkout_killed_mid_write_leaves_no_temporary_file_for_commit_to_record() -
         !changes.iter().any(|(p, _)| p.starts_with(".dbox-restore-")),
         "a leftover temporary file would be committed: {changes:?}"
     );
-    // The next command that writes the tree removes it.
-    let out = env.command(&repo, &["checkout", "--force", &v1]).output()?;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let left: Vec<_> = std::fs::read_dir(&repo)?
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().as_bytes().starts_with(b".dbox-restore-"))
-        .map(|e| e.file_name())
-        .collect();
-    assert!(left.is_empty(), "temporary files left after the next checkout: {left:?}");
     Ok(())
 }
 
