@@ -405,6 +405,33 @@ fn a_pull_finishes_the_tree_of_a_killed_clone() -> TestResult {
     Ok(())
 }
 
+/// A clone stopped after its versions were recorded but before its tree
+/// was finished (no HEAD, some files missing): the next pull brings nothing
+/// new, and still finishes the tree.
+#[test]
+fn a_pull_with_nothing_new_finishes_a_tree_with_no_head() -> TestResult {
+    let Some(c) = clone_under_way("d", 500, ("top.txt", "top\n"))? else {
+        return Err("the clone did not start".into());
+    };
+    let out = c.clone.wait_with_output()?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // What such a stop leaves: the versions, no HEAD, part of the tree.
+    std::fs::remove_file(c.rb.join(".dbox/HEAD"))?;
+    for i in 6..12 {
+        std::fs::remove_file(c.rb.join(format!("d/a{i:02}.bin")))?;
+    }
+    let j = json(&c.b.ok(&c.rb, &["pull", "origin", "--json"])?)?;
+    assert_eq!(j["pulled"]["versions"], 0, "{j}");
+    assert!(j["worktree"].as_str().unwrap_or("").starts_with("moved to"), "{j}");
+    assert_eq!(common::snapshot(&c.ra)?, common::snapshot(&c.rb)?);
+    // With a HEAD and nothing new, a pull leaves the tree alone.
+    std::fs::remove_file(c.rb.join("d/a00.bin"))?;
+    let j = json(&c.b.ok(&c.rb, &["pull", "origin", "--json"])?)?;
+    assert!(j["worktree"].is_null(), "{j}");
+    assert!(!c.rb.join("d/a00.bin").exists());
+    Ok(())
+}
+
 #[test]
 fn a_wrong_peer_id_or_a_dead_address_fails_clearly() -> TestResult {
     let tmp = tempfile::tempdir()?;

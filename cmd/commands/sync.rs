@@ -25,7 +25,7 @@ use crate::ui::Ui;
 /// versions arrive, a clean working tree whose HEAD is an ancestor of the
 /// single new head moves forward; one with uncommitted changes is never
 /// touched. A tree with no HEAD yet that holds only files of that head (as
-/// a stopped clone leaves it) is completed.
+/// a stopped clone leaves it) is completed, even when nothing new arrives.
 ///
 ///     dbox sync laptop
 ///     dbox sync dbxq4...x2a@192.168.1.20:7447

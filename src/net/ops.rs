@@ -340,12 +340,23 @@ pub async fn sync(
         })
         .await;
     }
-    let worktree = if pulled.versions > 0 {
-        let repo2 = repo.clone();
-        Some(blocking(move || advance_worktree(&repo2)).await?)
-    } else {
-        None
-    };
+    let repo2 = repo.clone();
+    let versions = pulled.versions;
+    let worktree = blocking(move || {
+        if versions > 0 {
+            return advance_worktree(&repo2).map(Some);
+        }
+        // With no HEAD, the tree is finished even when nothing new came: a
+        // clone stopped after its versions were recorded left it part-way.
+        if !matches!(repo2.head(), Ok(None)) {
+            return Ok(None);
+        }
+        match advance_worktree(&repo2)? {
+            Advance::Empty => Ok(None),
+            a => Ok(Some(a)),
+        }
+    })
+    .await?;
     Ok(Report {
         peer: target.id,
         addr: target.addr.clone(),
