@@ -87,7 +87,7 @@ fn ancestors(path: &[u8]) -> impl Iterator<Item = &[u8]> {
 
 /// Whether the working copy at `path` (of kind `kind`, with `stat`) holds
 /// exactly `want`.
-fn matches(
+pub(crate) fn matches(
     store: &Store,
     root: &Path,
     path: &[u8],

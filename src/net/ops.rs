@@ -103,26 +103,25 @@ fn leftovers_of(
     version: &VersionId,
     changes: &[(Vec<u8>, crate::snapshot::Change)],
 ) -> Result<bool> {
-    use crate::cache::Content;
+    use crate::worktree::{abs_path, Kind, Stat};
     let target = crate::snapshot::flatten_version(repo, version)?;
+    let no_cache = crate::cache::Cache::default();
     for (p, _) in changes {
-        let abs = crate::worktree::abs_path(repo.root(), p);
-        let Ok(m) = std::fs::symlink_metadata(&abs) else { return Ok(false) };
-        let same = match target.get(p).map(|e| &e.content) {
-            Some(Content::Dir) => m.is_dir(),
-            Some(Content::Symlink(t)) => {
-                m.file_type().is_symlink()
-                    && std::fs::read_link(&abs)
-                        .is_ok_and(|l| std::os::unix::ffi::OsStrExt::as_bytes(l.as_os_str()) == t.as_slice())
-            }
-            Some(Content::File { chunks, .. }) => {
-                m.is_file()
-                    && crate::snapshot::hash_file(repo.store(), &abs)?
-                        .is_some_and(|(ids, _, _)| &ids == chunks)
-            }
-            None => false,
+        let Some(want) = target.get(p) else { return Ok(false) };
+        let Ok(m) = std::fs::symlink_metadata(abs_path(repo.root(), p)) else { return Ok(false) };
+        let ft = m.file_type();
+        let kind = if ft.is_dir() {
+            Kind::Dir
+        } else if ft.is_symlink() {
+            Kind::Symlink
+        } else if ft.is_file() {
+            Kind::File
+        } else {
+            return Ok(false);
         };
-        if !same {
+        let stat = Stat::from_metadata(&m);
+        if !crate::materialize::matches(repo.store(), repo.root(), p, kind, &stat, &want.content, &no_cache)?
+        {
             return Ok(false);
         }
     }
