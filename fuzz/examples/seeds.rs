@@ -110,7 +110,7 @@ fn main() -> Result<()> {
     write("object_open", "damaged-zstd", &[&[0x12, 0, 0, 0][..], &text(400)].concat())?;
     write("object_open", "seal", &[&[0x15][..], &tree.encode()].concat())?;
 
-    let mut b = PackBuilder::new(keys)?;
+    let mut b = PackBuilder::new(keys);
     b.push(ObjectId::of(&chunk), &chunk);
     b.push(ObjectId::of(&tree_obj), &tree_obj);
     let tail = b.seal()?;

@@ -42,7 +42,7 @@ fn read(file: &[u8]) -> Option<Vec<PackEntry>> {
 }
 
 fn built(c: &mut Cursor<'_>) {
-    let mut b = PackBuilder::new(keys()).expect("random body nonce");
+    let mut b = PackBuilder::new(keys());
     let mut objects = Vec::new();
     for _ in 0..32 {
         let n = usize::from(c.u8());

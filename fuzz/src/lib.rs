@@ -164,7 +164,7 @@ impl Forge {
             let opened = object::open(keys(), kind, &stored);
             assert_eq!(opened.ok().as_deref(), Some(&b"forged"[..]), "forged {kind} no longer opens");
         }
-        let mut b = PackBuilder::new(keys()).expect("random body nonce");
+        let mut b = PackBuilder::new(keys());
         b.push(ObjectId([1; 32]), b"object");
         let mut header = Vec::new();
         header.extend_from_slice(&PACK_FORMAT.to_le_bytes());

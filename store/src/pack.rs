@@ -103,12 +103,12 @@ impl BodyStream {
 impl PackBuilder {
     /// An empty pack. Its body nonce is drawn when it is written
     /// ([`PackBuilder::write_to`]); until then the prefix holds zeros.
-    pub fn new(keys: &Keys) -> Result<Self, StoreError> {
+    pub fn new(keys: &Keys) -> Self {
         let mut buf = Vec::new();
         buf.extend_from_slice(PACK_MAGIC);
         buf.extend_from_slice(&PACK_FORMAT.to_le_bytes());
         buf.resize(BODY_START, 0);
-        Ok(Self { buf, entries: Vec::new(), keys: keys.clone() })
+        Self { buf, entries: Vec::new(), keys: keys.clone() }
     }
 
     /// Appends an object's stored bytes.
@@ -545,7 +545,7 @@ mod tests {
             spans in proptest::collection::vec((0.0f64..1.0, 0usize..20_000), 1..30),
         ) {
             let keys = Keys::derive(&RepoKey::from_bytes([5; 32]));
-            let mut b = PackBuilder::new(&keys)?;
+            let mut b = PackBuilder::new(&keys);
             for (i, n) in sizes.iter().enumerate() {
                 let data: Vec<u8> = (0..*n).map(|j| (j * 31 + i * 7) as u8).collect();
                 b.push(ObjectId([i as u8; 32]), &data);
@@ -584,7 +584,7 @@ mod tests {
     #[test]
     fn seal_and_read_back() -> Result<(), Box<dyn std::error::Error>> {
         let keys = Keys::derive(&RepoKey::from_bytes([1; 32]));
-        let mut b = PackBuilder::new(&keys)?;
+        let mut b = PackBuilder::new(&keys);
         let e1 = b.push(ObjectId([1; 32]), b"hello");
         let e2 = b.push(ObjectId([2; 32]), b"world!");
         assert_eq!(b.get(&e2), b"world!");

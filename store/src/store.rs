@@ -675,7 +675,7 @@ impl Store {
         };
         let w = Writer {
             core,
-            open: Mutex::new(OpenPack::new(&self.inner.keys)?),
+            open: Mutex::new(OpenPack::new(&self.inner.keys)),
             flushing: Mutex::new(()),
             chunker_buffers: Mutex::new(Vec::new()),
             to_thread,
@@ -711,8 +711,8 @@ fn pending(pack: OpenPack) -> Pending {
 }
 
 impl OpenPack {
-    fn new(keys: &Keys) -> Result<Self, StoreError> {
-        Ok(Self { builder: PackBuilder::new(keys)?, map: HashMap::new() })
+    fn new(keys: &Keys) -> Self {
+        Self { builder: PackBuilder::new(keys), map: HashMap::new() }
     }
 }
 
@@ -777,9 +777,9 @@ impl Core {
         }
     }
 
-    fn new_open_pack(&self) -> Result<OpenPack, StoreError> {
+    fn new_open_pack(&self) -> OpenPack {
         match lock_ignoring_poison(&self.free).pop() {
-            Some(builder) => Ok(OpenPack { builder, map: HashMap::new() }),
+            Some(builder) => OpenPack { builder, map: HashMap::new() },
             None => OpenPack::new(&self.store.inner.keys),
         }
     }
@@ -931,7 +931,7 @@ impl Writer {
             // (three of them may be alive: open, being written by the pack
             // thread, being written by a putting thread).
             let full = if !open.builder.is_empty() && open.builder.len() + stored.len() > target {
-                Some(std::mem::replace(&mut *open, self.core.new_open_pack()?))
+                Some(std::mem::replace(&mut *open, self.core.new_open_pack()))
             } else {
                 None
             };
@@ -939,7 +939,7 @@ impl Writer {
             open.map.insert(id, entry);
             let full = match full {
                 None if open.builder.len() >= target || open.builder.count() >= MAX_PACK_OBJECTS / 2 => {
-                    Some(std::mem::replace(&mut *open, self.core.new_open_pack()?))
+                    Some(std::mem::replace(&mut *open, self.core.new_open_pack()))
                 }
                 full => full,
             };
@@ -987,7 +987,7 @@ impl Writer {
         {
             let mut open = lock_ignoring_poison(&self.open);
             if !open.builder.is_empty() {
-                let full = pending(std::mem::replace(&mut *open, self.core.new_open_pack()?));
+                let full = pending(std::mem::replace(&mut *open, self.core.new_open_pack()));
                 lock_ignoring_poison(&self.core.pending).push(full);
             }
         }
