@@ -1223,9 +1223,7 @@ fn push_served(p: &Pair, serving: Serving) -> R<(Response, Arc<Served>)> {
 #[test]
 fn deltas_that_do_not_give_the_object_are_fetched_whole() -> TestResult {
     let p = pair()?;
-    let mut data = std::fs::read(p.rb.join("data.bin"))?;
-    data.splice(150_000..150_000, common::bytes(4, 100));
-    write(&p.rb.join("data.bin"), &data)?;
+    let data = insert_into_data(&p.rb, 150_000, 4)?;
     write(&p.rb.join("notes/plan.md"), "one\ntwo\nthree\n")?;
     p.b.ok(&p.rb, &["commit", "-m", "edits on b"])?;
     let (answer, served) = push_served(&p, Serving::WrongDeltas)?;
@@ -1239,6 +1237,15 @@ fn deltas_that_do_not_give_the_object_are_fetched_whole() -> TestResult {
         Ok(std::fs::read(p.ra.join("data.bin"))? == data)
     })?;
     Ok(())
+}
+
+/// Inserts 100 bytes (from `seed`) at `at` in the repository's `data.bin`;
+/// returns its new content.
+fn insert_into_data(repo: &Path, at: usize, seed: u64) -> R<Vec<u8>> {
+    let mut data = std::fs::read(repo.join("data.bin"))?;
+    data.splice(at..at, common::bytes(seed, 100));
+    write(&repo.join("data.bin"), &data)?;
+    Ok(data)
 }
 
 /// A delta for an object that was offered no base is a protocol error:
@@ -1282,9 +1289,7 @@ fn rle_delta(size: u64) -> Vec<u8> {
 #[test]
 fn after_one_wrong_delta_a_session_takes_objects_whole() -> TestResult {
     let p = pair()?;
-    let mut data = std::fs::read(p.rb.join("data.bin"))?;
-    data.splice(100_000..100_000, common::bytes(41, 100));
-    write(&p.rb.join("data.bin"), &data)?;
+    let data = insert_into_data(&p.rb, 100_000, 41)?;
     write(&p.rb.join("notes/plan.md"), "one\ntwo\nthree\n")?;
     p.b.ok(&p.rb, &["commit", "-m", "edits on b"])?;
     let (answer, served) = push_served(&p, Serving::HugeDeltas)?;
@@ -1322,9 +1327,7 @@ fn a_damaged_base_does_not_stop_a_pull() -> TestResult {
     std::fs::write(&pack, &bytes)?;
     let fsck = p.b.run(&p.rb, &["fsck", "--read-data"])?;
     assert_ne!(fsck.code, 0, "the damage went unnoticed: {fsck:?}");
-    let mut data = std::fs::read(p.ra.join("data.bin"))?;
-    data.splice(150_000..150_000, common::bytes(4, 100));
-    write(&p.ra.join("data.bin"), &data)?;
+    let data = insert_into_data(&p.ra, 150_000, 4)?;
     p.a.ok(&p.ra, &["commit", "-m", "edit on a"])?;
     let r = p.b.run(&p.rb, &["pull", "origin"])?;
     assert_eq!(r.code, 0, "the pull failed on the damaged old chunk: {r:?}");
