@@ -275,6 +275,13 @@ fn checkout_does_not_trust_an_edit_made_while_it_ran() -> TestResult {
     let mut edited = false;
     while start.elapsed() < Duration::from_secs(60) {
         if std::fs::read(&watched).ok().as_deref() == Some(&b"version one"[..]) {
+            // Later than the moment the file is put in place: the checkout
+            // has taken its stat by now, as the fix wants, but it is still
+            // writing the other files, which is when a stat taken after
+            // all writes (the bug) would take in the edit. (Between the
+            // rename and that stat, a few microseconds, an edit that keeps
+            // the mtime goes unseen, as in git; no test can pin that.)
+            std::thread::sleep(Duration::from_millis(150));
             let mtime = std::fs::metadata(&watched)?.modified()?;
             // Same size, written in place, mtime kept.
             std::fs::write(&watched, "USER EDIT!!")?;
@@ -283,9 +290,15 @@ fn checkout_does_not_trust_an_edit_made_while_it_ran() -> TestResult {
             break;
         }
     }
+    let mut child = child;
+    let still_running = child.try_wait()?.is_none();
     let out = child.wait_with_output()?;
     assert!(out.status.success(), "{out:?}");
     assert!(edited, "the checkout never wrote the watched file");
+    assert!(
+        still_running,
+        "the checkout ended before the edit, so this run proves nothing: give it more files"
+    );
     assert_eq!(std::fs::read_to_string(&watched)?, "USER EDIT!!");
     let changes = status_changes(&env, &repo)?;
     assert!(
