@@ -18,10 +18,23 @@ pub(crate) struct TmpFile<'a> {
 impl<'a> TmpFile<'a> {
     /// Creates a new, uniquely named file in `tmp_dir`.
     pub(crate) fn create(vfs: &'a dyn Vfs, tmp_dir: &Path) -> Result<Self, StoreError> {
+        Self::create_with(vfs, tmp_dir, false)
+    }
+
+    /// [`TmpFile::create`] for a pack: see [`Vfs::create_new_direct`].
+    pub(crate) fn create_direct(vfs: &'a dyn Vfs, tmp_dir: &Path) -> Result<Self, StoreError> {
+        Self::create_with(vfs, tmp_dir, true)
+    }
+
+    fn create_with(vfs: &'a dyn Vfs, tmp_dir: &Path, direct: bool) -> Result<Self, StoreError> {
         let mut r = [0u8; 12];
         fill_random(&mut r)?;
         let path = tmp_dir.join(format!("{}.tmp", hex::encode(r)));
-        let file = vfs.create_new(&path).map_err(StoreError::io("create", &path))?;
+        let file = match direct {
+            true => vfs.create_new_direct(&path),
+            false => vfs.create_new(&path),
+        }
+        .map_err(StoreError::io("create", &path))?;
         Ok(Self { vfs, path, file: Some(file) })
     }
 

@@ -756,7 +756,7 @@ impl Core {
         let inner = &self.store.inner;
         let b = &p.pack.builder;
         let tail = b.seal()?;
-        let mut tmp = TmpFile::create(&*inner.vfs, &inner.root.join("tmp"))?;
+        let mut tmp = TmpFile::create_direct(&*inner.vfs, &inner.root.join("tmp"))?;
         let pack = b.write_to(&tail, |block| tmp.write(block))?;
         tmp.commit(&pack_path(&inner.root, &pack))?;
         self.store.write_state().add_pack(pack, b.entries().to_vec());

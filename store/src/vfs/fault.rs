@@ -135,6 +135,13 @@ impl Vfs for FaultFs {
         Ok(Box::new(FaultFile { inner: OsFs.create_new(path)?, fs: self.clone() }))
     }
 
+    fn create_new_direct(&self, path: &Path) -> io::Result<Box<dyn WriteFile>> {
+        if self.check(Op::Create).is_some() {
+            return Err(injected());
+        }
+        Ok(Box::new(FaultFile { inner: OsFs.create_new_direct(path)?, fs: self.clone() }))
+    }
+
     fn open_read(&self, path: &Path) -> io::Result<Arc<dyn ReadAt>> {
         OsFs.open_read(path)
     }
