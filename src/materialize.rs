@@ -195,7 +195,14 @@ fn remove_any(p: &Path) -> Result<()> {
 /// folder there is fine for a folder): the entry is then not written
 /// ([`Wrote::Occupied`]). Each step that puts something at the path fails
 /// atomically if something is there (`mkdir`, `symlink`, `link`).
-fn write_entry(store: &Store, root: &Path, path: &[u8], e: &FlatEntry, keep: bool) -> Result<Wrote> {
+fn write_entry(
+    store: &Store,
+    feed: Option<Ready>,
+    root: &Path,
+    path: &[u8],
+    e: &FlatEntry,
+    keep: bool,
+) -> Result<Wrote> {
     check_parents(root, path)?;
     let dest = abs_path(root, path);
     let dir = dest.parent().unwrap_or(root);
@@ -254,7 +261,10 @@ fn write_entry(store: &Store, root: &Path, path: &[u8], e: &FlatEntry, keep: boo
                 }
                 let mut written = 0u64;
                 for id in chunks {
-                    let data = store.get_chunk(id)?;
+                    let data = match feed {
+                        Some(feed) => feed.chunk(store, id)?,
+                        None => store.get_chunk(id)?,
+                    };
                     written += data.len() as u64;
                     // A lying size must not fill the disk before it is caught.
                     if written > *size {
@@ -391,7 +401,18 @@ pub(crate) type Flat = BTreeMap<Vec<u8>, FlatEntry>;
 /// Says, for a fresh working tree being filled while its content arrives,
 /// whether these objects are in the store: waits while they may still
 /// come, `Ok(false)` once they never will (the transfer ended without them).
-pub(crate) type Ready<'a> = &'a (dyn Fn(&[ObjectId]) -> Result<bool> + Sync);
+/// Where a fresh checkout ([`checkout_fresh`]) takes content from while
+/// the transfer that brings it still runs.
+pub(crate) trait Feed: Sync {
+    /// Waits until every object of `ids` can be read; `false` once the
+    /// transfer ended without some of them.
+    fn ready(&self, ids: &[ObjectId]) -> Result<bool>;
+    /// A chunk's plaintext (the feed may hold it in memory, not yet
+    /// stored).
+    fn chunk(&self, store: &Store, id: &ObjectId) -> Result<Vec<u8>>;
+}
+
+pub(crate) type Ready<'a> = &'a dyn Feed;
 
 /// Fills the empty working tree of a repository being cloned with the
 /// version whose root tree is `root_tree`, while its trees and chunks are
@@ -416,7 +437,7 @@ pub(crate) fn checkout_fresh(
         match crate::snapshot::flatten(repo.store(), root_tree) {
             Ok(t) => break t,
             Err(RepoError::Store(dbox_store::StoreError::NotFound { id })) => {
-                if !ready(&[id])? {
+                if !ready.ready(&[id])? {
                     return Ok(None);
                 }
             }
@@ -665,7 +686,7 @@ fn apply(
     let fresh = ready.is_some();
     let incomplete = std::sync::atomic::AtomicBool::new(false);
     for p in dirs {
-        match write_entry(store, root, p, &target[p], fresh) {
+        match write_entry(store, ready, root, p, &target[p], fresh) {
             Ok(Wrote::Done(_)) => out.written.push(p.clone()),
             Ok(Wrote::Occupied) => out.incomplete = true,
             Err(_) if fresh => {
@@ -686,7 +707,7 @@ fn apply(
                 return Ok(done);
             }
             if let (Some(ready), Content::File { chunks, .. }) = (ready, &target[*p].content) {
-                match ready(chunks) {
+                match ready.ready(chunks) {
                     Ok(true) => {}
                     Ok(false) => {
                         incomplete.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -700,7 +721,7 @@ fn apply(
                     }
                 }
             }
-            match write_entry(store, root, p, &target[*p], fresh) {
+            match write_entry(store, ready, root, p, &target[*p], fresh) {
                 Ok(Wrote::Done(stat)) => done.push(((*p).clone(), stat)),
                 Ok(Wrote::Occupied) => incomplete.store(true, std::sync::atomic::Ordering::Relaxed),
                 Err(_) if fresh => {

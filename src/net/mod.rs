@@ -64,6 +64,14 @@
 //! and present objects are never asked for, so an interrupted transfer
 //! resumes without resending what arrived.
 //!
+//! Chunks are asked for in batches of at most 128 chunks and about 4 MiB
+//! (as the trees suggest), several at once, so they arrive close to the
+//! order they were listed in: files in the order a checkout writes them.
+//! A clone's checkout runs beside its transfer and writes each file once
+//! its chunks are there, taking those that arrived lately from memory
+//! ([`session::Arrived`], 16 MiB) rather than reading them back from the
+//! packs after the next flush.
+//!
 //! # Limits
 //!
 //! Control messages are at most [`wire::MAX_MESSAGE`] bytes, objects at

@@ -437,30 +437,14 @@ pub async fn clone(
     // `materialize::checkout_fresh`), from the newest head the pull names.
     let (tell, told) = tokio::sync::oneshot::channel::<(VersionId, ObjectId)>();
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let arrived = session.keep_arrivals();
     let early = {
         let (repo, done) = (repo.clone(), done.clone());
         tokio::spawn(async move {
             let Ok((version, root)) = told.await else { return Ok(None) };
             blocking(move || {
-                let store = repo.store().clone();
-                let ready = move |ids: &[ObjectId]| -> Result<bool> {
-                    loop {
-                        // Read before looking: once set, everything that came is stored.
-                        let finished = done.load(std::sync::atomic::Ordering::SeqCst);
-                        let mut all = true;
-                        for id in ids {
-                            if !store.contains(id)? {
-                                all = false;
-                                break;
-                            }
-                        }
-                        if all || finished {
-                            return Ok(all);
-                        }
-                        std::thread::sleep(READY_POLL);
-                    }
-                };
-                Ok(crate::materialize::checkout_fresh(&repo, &root, &ready)?.map(|(t, o)| (version, t, o)))
+                let feed = CloneFeed { store: repo.store().clone(), done, arrived };
+                Ok(crate::materialize::checkout_fresh(&repo, &root, &feed)?.map(|(t, o)| (version, t, o)))
             })
             .await
         })
@@ -517,6 +501,53 @@ pub async fn clone(
 /// How often the early checkout of a clone looks whether a file's chunks
 /// have arrived.
 const READY_POLL: Duration = Duration::from_millis(20);
+
+/// What a clone's early checkout writes from: chunks that arrived lately,
+/// from memory; older ones from the store once flushed.
+struct CloneFeed {
+    store: dbox_store::Store,
+    /// Set when the transfer ended: everything that came is stored.
+    done: Arc<std::sync::atomic::AtomicBool>,
+    arrived: Arc<crate::net::session::Arrived>,
+}
+
+impl crate::materialize::Feed for CloneFeed {
+    fn ready(&self, ids: &[ObjectId]) -> Result<bool> {
+        loop {
+            // Read before looking: once set, everything that came is stored.
+            let finished = self.done.load(std::sync::atomic::Ordering::SeqCst);
+            let mut all = true;
+            for id in ids {
+                if !self.arrived.has(id) && !self.store.contains(id)? {
+                    all = false;
+                    break;
+                }
+            }
+            if all || finished {
+                return Ok(all);
+            }
+            std::thread::sleep(READY_POLL);
+        }
+    }
+
+    fn chunk(&self, store: &dbox_store::Store, id: &ObjectId) -> Result<Vec<u8>> {
+        loop {
+            if let Some(stored) = self.arrived.get(id) {
+                // Verified against its id when it arrived.
+                return dbox_store::object::open(store.keys(), dbox_store::ObjectKind::Chunk, &stored)
+                    .map_err(|source| {
+                        dbox_store::StoreError::CorruptObject { id: *id, pack: None, source }.into()
+                    });
+            }
+            let finished = self.done.load(std::sync::atomic::Ordering::SeqCst);
+            match store.get_chunk(id) {
+                // Arrived, left memory, not yet flushed: it is shortly.
+                Err(dbox_store::StoreError::NotFound { .. }) if !finished => std::thread::sleep(READY_POLL),
+                r => return r.map_err(Into::into),
+            }
+        }
+    }
+}
 
 fn check_clone_dir(dir: &Path) -> Result<()> {
     match std::fs::read_dir(dir) {

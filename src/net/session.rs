@@ -27,6 +27,14 @@ use dbox_store::{
 pub const PARALLEL_GETS: usize = 8;
 /// Objects per `Get` of chunks.
 const CHUNK_BATCH: usize = 128;
+/// Largest batch of chunks one `Get` asks for, in bytes as the trees
+/// suggest (a file's size over its chunks). Small batches keep what the
+/// streams bring close to the order the chunks were listed in, which is
+/// the order a clone's checkout writes files in ([`Arrived`]).
+const BATCH_BYTES: u64 = 4 << 20;
+/// Bytes of lately arrived chunks kept in memory for a checkout running
+/// beside the transfer ([`Arrived`]).
+const ARRIVED_BYTES: usize = 16 << 20;
 /// Received objects are made durable at least this often (bytes).
 pub const FLUSH_EVERY: u64 = 64 << 20;
 /// Received objects waiting to be written, at most.
@@ -97,6 +105,8 @@ pub struct Session {
     /// or it is hostile) and takes objects whole.
     no_deltas: std::sync::atomic::AtomicBool,
     pulling: tokio::sync::Mutex<()>,
+    /// Set by a clone: chunks that arrive are also kept here a while.
+    arrived: std::sync::OnceLock<Arc<Arrived>>,
     /// Counts of the pull running in this session.
     pub progress: Arc<Progress>,
     log: Log,
@@ -126,10 +136,17 @@ impl Session {
             gets: tokio::sync::Semaphore::new(SERVING_GETS_PER_SESSION),
             no_deltas: std::sync::atomic::AtomicBool::new(false),
             pulling: tokio::sync::Mutex::new(()),
+            arrived: std::sync::OnceLock::new(),
             progress,
             log,
             _endpoint: endpoint,
         })
+    }
+
+    /// Keeps the chunks that arrive from now on in memory a while, for a
+    /// checkout that writes them as they come (a clone's).
+    pub fn keep_arrivals(&self) -> Arc<Arrived> {
+        self.arrived.get_or_init(|| Arc::new(Arrived::new(ARRIVED_BYTES))).clone()
     }
 
     /// The other end's peer id.
@@ -658,7 +675,10 @@ impl Session {
             let store = self.repo.store().clone();
             let progress = self.progress.clone();
             let handle = tokio::runtime::Handle::current();
-            tokio::task::spawn_blocking(move || store_loop(&store, rx, &progress, &handle))
+            let arrived = self.arrived.get().cloned();
+            tokio::task::spawn_blocking(move || {
+                store_loop(&store, rx, &progress, &handle, arrived.as_deref())
+            })
         };
         let fetched = self.fetch_content(&versions, &order, &local, &tx).await;
         drop(tx);
@@ -741,7 +761,8 @@ impl Session {
 
         let keys = self.repo.store().keys().clone();
         let mut seen_trees: HashSet<ObjectId> = HashSet::new();
-        let mut chunks: Vec<ObjectId> = Vec::new();
+        // Each chunk with its size as the tree suggests, for batching.
+        let mut chunks: Vec<(ObjectId, u64)> = Vec::new();
         let mut seen_chunks: HashSet<ObjectId> = HashSet::new();
         let mut chunk_base: HashMap<ObjectId, ObjectId> = HashMap::new();
         let mut level: Vec<(ObjectId, Option<ObjectId>)> = order
@@ -788,10 +809,11 @@ impl Session {
                                 next.push((*tree, old));
                             }
                         }
-                        Node::File { chunks: cs, .. } => {
+                        Node::File { chunks: cs, size, .. } => {
+                            let each = size / cs.len().max(1) as u64;
                             for c in cs {
                                 if seen_chunks.insert(*c) {
-                                    chunks.push(*c);
+                                    chunks.push((*c, each));
                                 }
                             }
                             if let Some(Node::File { chunks: old, .. }) = old {
@@ -835,13 +857,13 @@ impl Session {
         let store = self.repo.store().clone();
         let wanted = blocking(move || {
             let mut out = Vec::new();
-            for c in chunks {
+            for (c, size) in chunks {
                 if !store.contains(&c)? {
                     let base = match chunk_base.get(&c) {
                         Some(b) if store.contains(b)? => Some(*b),
                         _ => None,
                     };
-                    out.push((c, base));
+                    out.push(((c, base), size));
                 }
             }
             Ok(out)
@@ -849,8 +871,22 @@ impl Session {
         .await?;
         self.progress.objects_needed.fetch_add(wanted.len() as u64, Ordering::Relaxed);
         type Batch = Vec<(ObjectId, Option<ObjectId>)>;
-        let queue: Arc<Mutex<VecDeque<Batch>>> =
-            Arc::new(Mutex::new(wanted.chunks(CHUNK_BATCH).map(<[_]>::to_vec).collect()));
+        let mut batches: VecDeque<Batch> = VecDeque::new();
+        let (mut batch, mut batch_bytes): (Batch, u64) = (Vec::new(), 0);
+        for (item, size) in wanted {
+            if batch.len() == CHUNK_BATCH
+                || (!batch.is_empty() && batch_bytes.saturating_add(size) > BATCH_BYTES)
+            {
+                batches.push_back(std::mem::take(&mut batch));
+                batch_bytes = 0;
+            }
+            batch.push(item);
+            batch_bytes = batch_bytes.saturating_add(size);
+        }
+        if !batch.is_empty() {
+            batches.push_back(batch);
+        }
+        let queue: Arc<Mutex<VecDeque<Batch>>> = Arc::new(Mutex::new(batches));
         let mut tasks = JoinSet::new();
         for _ in 0..PARALLEL_GETS {
             let s = self.clone();
@@ -1066,6 +1102,7 @@ fn store_loop(
     mut rx: tokio::sync::mpsc::Receiver<(ObjectId, Vec<u8>)>,
     progress: &Progress,
     rt: &tokio::runtime::Handle,
+    arrived: Option<&Arrived>,
 ) -> Result<(u64, u64)> {
     let (mut objects, mut bytes) = (0u64, 0u64);
     let mut held: Option<Held> = None;
@@ -1096,12 +1133,66 @@ fn store_loop(
         bytes += b.len() as u64;
         progress.objects.fetch_add(1, Ordering::Relaxed);
         progress.bytes.fetch_add(b.len() as u64, Ordering::Relaxed);
+        if let Some(a) = arrived {
+            if ObjectKind::of_stored(&b).ok() == Some(ObjectKind::Chunk) {
+                a.keep(id, b);
+            }
+        }
     }
     drop(rx);
     let flushed = held.map_or(Ok(()), |h| h.writer.flush());
     result?;
     flushed?;
     Ok((objects, bytes))
+}
+
+/// Chunks that arrived lately, in stored form (verified against their
+/// ids), for a checkout that runs beside the transfer: it writes a file
+/// from these without reading its chunks back from the packs, and without
+/// waiting for the next flush. At most `limit` bytes; the oldest go first,
+/// and a chunk no longer here is read from the store once flushed.
+pub struct Arrived {
+    limit: usize,
+    inner: Mutex<ArrivedInner>,
+}
+
+#[derive(Default)]
+struct ArrivedInner {
+    map: HashMap<ObjectId, Arc<Vec<u8>>>,
+    order: VecDeque<ObjectId>,
+    bytes: usize,
+}
+
+impl Arrived {
+    fn new(limit: usize) -> Self {
+        Self { limit, inner: Mutex::new(ArrivedInner::default()) }
+    }
+
+    fn keep(&self, id: ObjectId, stored: Vec<u8>) {
+        let Ok(mut a) = self.inner.lock() else { return };
+        if stored.len() > self.limit || a.map.contains_key(&id) {
+            return;
+        }
+        a.bytes += stored.len();
+        a.map.insert(id, Arc::new(stored));
+        a.order.push_back(id);
+        while a.bytes > self.limit {
+            let Some(old) = a.order.pop_front() else { break };
+            if let Some(b) = a.map.remove(&old) {
+                a.bytes -= b.len();
+            }
+        }
+    }
+
+    /// A chunk's stored bytes, if still here.
+    pub fn get(&self, id: &ObjectId) -> Option<Arc<Vec<u8>>> {
+        self.inner.lock().ok()?.map.get(id).cloned()
+    }
+
+    /// Whether a chunk is here.
+    pub fn has(&self, id: &ObjectId) -> bool {
+        self.inner.lock().is_ok_and(|a| a.map.contains_key(id))
+    }
 }
 
 /// Nothing arrived for this long: the storing thread flushes and lets others have the lock.
@@ -1232,6 +1323,26 @@ mod tests {
         let mut v: Vec<(u8, u8)> = m.iter().map(|(k, b)| (k.0[0], b.0[0])).collect();
         v.sort_unstable();
         v
+    }
+
+    #[test]
+    fn arrived_chunks_stay_within_their_bound_oldest_out_first() {
+        let id = |i: u8| ObjectId([i; 32]);
+        let a = Arrived::new(100);
+        for i in 0..5 {
+            a.keep(id(i), vec![i; 30]);
+        }
+        // 150 bytes came; the two oldest made room for the rest.
+        assert!(!a.has(&id(0)) && !a.has(&id(1)));
+        assert!((2..5).all(|i| a.has(&id(i))));
+        assert_eq!(a.get(&id(4)).as_deref(), Some(&vec![4u8; 30]));
+        // A second copy changes nothing; a chunk over the bound is not kept.
+        a.keep(id(4), vec![9; 30]);
+        assert_eq!(a.get(&id(4)).as_deref(), Some(&vec![4u8; 30]));
+        a.keep(id(7), vec![7; 101]);
+        assert!(!a.has(&id(7)) && a.has(&id(2)));
+        let inner = a.inner.lock().map(|i| (i.bytes, i.map.len(), i.order.len())).ok();
+        assert_eq!(inner, Some((90, 3, 3)));
     }
 
     #[test]
