@@ -398,9 +398,6 @@ pub(crate) fn checkout_locked(
 /// A version's entries by path.
 pub(crate) type Flat = BTreeMap<Vec<u8>, FlatEntry>;
 
-/// Says, for a fresh working tree being filled while its content arrives,
-/// whether these objects are in the store: waits while they may still
-/// come, `Ok(false)` once they never will (the transfer ended without them).
 /// Where a fresh checkout ([`checkout_fresh`]) takes content from while
 /// the transfer that brings it still runs.
 pub(crate) trait Feed: Sync {
@@ -408,7 +405,7 @@ pub(crate) trait Feed: Sync {
     /// transfer ended without some of them.
     fn ready(&self, ids: &[ObjectId]) -> Result<bool>;
     /// A chunk's plaintext (the feed may hold it in memory, not yet
-    /// stored).
+    /// stored), waiting for it while the transfer runs.
     fn chunk(&self, store: &Store, id: &ObjectId) -> Result<Vec<u8>>;
 }
 
@@ -416,8 +413,9 @@ pub(crate) type Ready<'a> = &'a dyn Feed;
 
 /// Fills the empty working tree of a repository being cloned with the
 /// version whose root tree is `root_tree`, while its trees and chunks are
-/// still arriving: each file is written once `ready` says its chunks are
-/// stored, in the order a pull fetches them (shallow paths first). Nothing
+/// still arriving: each file is started once `ready` has its first chunk
+/// and written as the others come, in the order a pull fetches them
+/// (shallow paths first). Nothing
 /// is recorded: once the version is, [`settle_fresh`] moves HEAD to it, and
 /// if the transfer fails, [`undo_fresh`] removes what was written.
 ///
@@ -707,7 +705,10 @@ fn apply(
                 return Ok(done);
             }
             if let (Some(ready), Content::File { chunks, .. }) = (ready, &target[*p].content) {
-                match ready.ready(chunks) {
+                // Started once its first chunk is there; the feed gives the
+                // others as they come, so a large file is written while it
+                // arrives.
+                match ready.ready(&chunks[..chunks.len().min(1)]) {
                     Ok(true) => {}
                     Ok(false) => {
                         incomplete.store(true, std::sync::atomic::Ordering::Relaxed);

@@ -531,18 +531,21 @@ impl crate::materialize::Feed for CloneFeed {
     }
 
     fn chunk(&self, store: &dbox_store::Store, id: &ObjectId) -> Result<Vec<u8>> {
+        let mut wait = Duration::ZERO;
         loop {
-            if let Some(stored) = self.arrived.get(id) {
+            if let Some(stored) = self.arrived.wait_for(id, wait) {
                 // Verified against its id when it arrived.
                 return dbox_store::object::open(store.keys(), dbox_store::ObjectKind::Chunk, &stored)
                     .map_err(|source| {
                         dbox_store::StoreError::CorruptObject { id: *id, pack: None, source }.into()
                     });
             }
+            // Read before looking: once set, everything that came is stored.
             let finished = self.done.load(std::sync::atomic::Ordering::SeqCst);
             match store.get_chunk(id) {
-                // Arrived, left memory, not yet flushed: it is shortly.
-                Err(dbox_store::StoreError::NotFound { .. }) if !finished => std::thread::sleep(READY_POLL),
+                // Still to come, or arrived and left memory but not yet
+                // flushed: wait for it to arrive, then look again.
+                Err(dbox_store::StoreError::NotFound { .. }) if !finished => wait = READY_POLL,
                 r => return r.map_err(Into::into),
             }
         }

@@ -1154,6 +1154,8 @@ fn store_loop(
 pub struct Arrived {
     limit: usize,
     inner: Mutex<ArrivedInner>,
+    /// Told of every chunk kept.
+    came: std::sync::Condvar,
 }
 
 #[derive(Default)]
@@ -1165,7 +1167,7 @@ struct ArrivedInner {
 
 impl Arrived {
     fn new(limit: usize) -> Self {
-        Self { limit, inner: Mutex::new(ArrivedInner::default()) }
+        Self { limit, inner: Mutex::new(ArrivedInner::default()), came: std::sync::Condvar::new() }
     }
 
     fn keep(&self, id: ObjectId, stored: Vec<u8>) {
@@ -1181,6 +1183,21 @@ impl Arrived {
             if let Some(b) = a.map.remove(&old) {
                 a.bytes -= b.len();
             }
+        }
+        drop(a);
+        self.came.notify_all();
+    }
+
+    /// A chunk's stored bytes, waiting up to `wait` for it to come.
+    pub fn wait_for(&self, id: &ObjectId, wait: Duration) -> Option<Arc<Vec<u8>>> {
+        let deadline = Instant::now() + wait;
+        let mut a = self.inner.lock().ok()?;
+        loop {
+            if let Some(b) = a.map.get(id) {
+                return Some(b.clone());
+            }
+            let left = deadline.checked_duration_since(Instant::now())?;
+            a = self.came.wait_timeout(a, left).ok()?.0;
         }
     }
 
