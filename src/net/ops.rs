@@ -449,8 +449,17 @@ pub async fn clone(
             .await
         })
     };
+    // Set however this ends, even if this future is dropped mid-pull: the
+    // early checkout waits for chunks until it is.
+    struct SetOnDrop(Arc<std::sync::atomic::AtomicBool>);
+    impl Drop for SetOnDrop {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+    let finished = SetOnDrop(done.clone());
     let pulled = session.pull_telling(Some(tell)).await;
-    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    drop(finished);
     let (sent, received) = session.wire_bytes();
     session.close().await;
     responder.abort();

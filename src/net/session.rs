@@ -35,6 +35,9 @@ const BATCH_BYTES: u64 = 4 << 20;
 /// Bytes of lately arrived chunks kept in memory for a checkout running
 /// beside the transfer ([`Arrived`]).
 const ARRIVED_BYTES: usize = 16 << 20;
+/// What one kept chunk costs beside its bytes (map and queue entries, the
+/// allocation), counted against [`ARRIVED_BYTES`].
+const ARRIVED_ENTRY: usize = 160;
 /// Received objects are made durable at least this often (bytes).
 pub const FLUSH_EVERY: u64 = 64 << 20;
 /// Received objects waiting to be written, at most.
@@ -810,7 +813,10 @@ impl Session {
                             }
                         }
                         Node::File { chunks: cs, size, .. } => {
-                            let each = size / cs.len().max(1) as u64;
+                            // A hint from the peer's tree: bounded, so a
+                            // claimed size cannot split batches finer.
+                            let each = (size / cs.len().max(1) as u64)
+                                .min(dbox_store::limits::MAX_CHUNK_SIZE as u64);
                             for c in cs {
                                 if seen_chunks.insert(*c) {
                                     chunks.push((*c, each));
@@ -1175,13 +1181,15 @@ impl Arrived {
         if stored.len() > self.limit || a.map.contains_key(&id) {
             return;
         }
-        a.bytes += stored.len();
+        // With what a map and queue entry cost, so many tiny chunks stay
+        // within the bound too.
+        a.bytes += stored.len() + ARRIVED_ENTRY;
         a.map.insert(id, Arc::new(stored));
         a.order.push_back(id);
         while a.bytes > self.limit {
             let Some(old) = a.order.pop_front() else { break };
             if let Some(b) = a.map.remove(&old) {
-                a.bytes -= b.len();
+                a.bytes -= b.len() + ARRIVED_ENTRY;
             }
         }
         drop(a);
@@ -1345,7 +1353,7 @@ mod tests {
     #[test]
     fn arrived_chunks_stay_within_their_bound_oldest_out_first() {
         let id = |i: u8| ObjectId([i; 32]);
-        let a = Arrived::new(100);
+        let a = Arrived::new(100 + 3 * ARRIVED_ENTRY);
         for i in 0..5 {
             a.keep(id(i), vec![i; 30]);
         }
@@ -1356,10 +1364,10 @@ mod tests {
         // A second copy changes nothing; a chunk over the bound is not kept.
         a.keep(id(4), vec![9; 30]);
         assert_eq!(a.get(&id(4)).as_deref(), Some(&vec![4u8; 30]));
-        a.keep(id(7), vec![7; 101]);
+        a.keep(id(7), vec![7; 101 + 3 * ARRIVED_ENTRY]);
         assert!(!a.has(&id(7)) && a.has(&id(2)));
         let inner = a.inner.lock().map(|i| (i.bytes, i.map.len(), i.order.len())).ok();
-        assert_eq!(inner, Some((90, 3, 3)));
+        assert_eq!(inner, Some((90 + 3 * ARRIVED_ENTRY, 3, 3)));
     }
 
     #[test]

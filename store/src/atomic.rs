@@ -58,7 +58,9 @@ impl<'a> TmpFile<'a> {
 
 impl Drop for TmpFile<'_> {
     fn drop(&mut self) {
-        if self.file.is_some() {
+        // The file first: a direct file's writing thread stops before the
+        // name goes.
+        if self.file.take().is_some() {
             let _ = self.vfs.remove_file(&self.path);
         }
     }

@@ -21,7 +21,8 @@ pub mod fault;
 pub trait WriteFile: Send {
     /// Appends all of `buf`.
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()>;
-    /// Makes the contents durable (fsync).
+    /// Makes the contents durable (fsync). A file dropped without it may
+    /// not hold everything written (it is about to be removed).
     fn sync_all(&mut self) -> io::Result<()>;
 }
 
@@ -329,7 +330,13 @@ impl Vfs for OsFs {
             .custom_flags(libc::O_DIRECT)
             .open(path);
         match opened {
-            Ok(f) => Ok(Box::new(DirectWriteFile::new(f)?)),
+            Ok(f) => match DirectWriteFile::new(f) {
+                Ok(w) => Ok(Box::new(w)),
+                Err(e) => {
+                    let _ = fs::remove_file(path);
+                    Err(e)
+                }
+            },
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
                 // No direct I/O here. The open may have created the file
                 // before refusing the flag; the name is new, so it is ours.
