@@ -15,7 +15,7 @@
 use std::io;
 use std::sync::OnceLock;
 
-use chacha20poly1305::aead::{AeadInPlace, KeyInit};
+use chacha20poly1305::aead::{AeadInOut, KeyInit};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use dbox_store::pack::{PackBuilder, BODY_START, PACK_FORMAT, PACK_MAGIC};
 use dbox_store::vfs::ReadAt;
@@ -138,7 +138,7 @@ fn cipher(context: &str) -> XChaCha20Poly1305 {
 fn seal(cipher: &XChaCha20Poly1305, nonce: &[u8; NONCE_LEN], aad: &[u8], plain: &[u8]) -> Vec<u8> {
     let mut buf = plain.to_vec();
     let tag = cipher
-        .encrypt_in_place_detached(XNonce::from_slice(nonce), aad, &mut buf)
+        .encrypt_inout_detached(&XNonce::from(*nonce), aad, buf.as_mut_slice().into())
         .expect("fuzz inputs are far below the AEAD's limit");
     let mut out = Vec::with_capacity(NONCE_LEN + buf.len() + tag.len());
     out.extend_from_slice(nonce);

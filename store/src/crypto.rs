@@ -6,7 +6,7 @@
 
 use std::fmt;
 
-use chacha20poly1305::aead::{AeadInPlace, KeyInit};
+use chacha20poly1305::aead::{AeadInOut, KeyInit};
 use chacha20poly1305::{Tag, XChaCha20Poly1305, XNonce};
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
@@ -76,7 +76,7 @@ impl AeadKey {
     pub fn seal_in_place(&self, nonce: &[u8; NONCE_LEN], aad: &[u8], buf: &mut [u8]) -> [u8; TAG_LEN] {
         let tag = self
             .0
-            .encrypt_in_place_detached(XNonce::from_slice(nonce), aad, buf)
+            .encrypt_inout_detached(&XNonce::from(*nonce), aad, buf.into())
             .expect("XChaCha20-Poly1305 encrypts any buffer below 256 GiB");
         tag.into()
     }
@@ -92,8 +92,12 @@ impl AeadKey {
         if nonce.len() != NONCE_LEN || tag.len() != TAG_LEN {
             return Err(DecodeError::Decrypt);
         }
+        let (Ok(nonce), Ok(tag)) = (<[u8; NONCE_LEN]>::try_from(nonce), <[u8; TAG_LEN]>::try_from(tag))
+        else {
+            return Err(DecodeError::Decrypt);
+        };
         self.0
-            .decrypt_in_place_detached(XNonce::from_slice(nonce), aad, buf, Tag::from_slice(tag))
+            .decrypt_inout_detached(&XNonce::from(nonce), aad, buf.into(), &Tag::from(tag))
             .map_err(|_| DecodeError::Decrypt)
     }
 
