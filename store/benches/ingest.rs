@@ -32,7 +32,7 @@ mod common;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use chacha20poly1305::aead::{AeadInPlace, KeyInit};
+use chacha20poly1305::aead::{AeadInOut, KeyInit};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput};
 use dbox_store::crypto::RepoKey;
@@ -70,7 +70,7 @@ impl Ceiling {
             self.buf.extend_from_slice(chunk);
             let tag = self
                 .cipher
-                .encrypt_in_place_detached(XNonce::from_slice(&nonce), &[1, 1], &mut self.buf)
+                .encrypt_inout_detached(&XNonce::from(nonce), &[1, 1], self.buf.as_mut_slice().into())
                 .expect("chunks are far below the AEAD's limit");
             let mut id = blake3::Hasher::new();
             id.update(&nonce).update(&self.buf).update(&tag);
