@@ -102,11 +102,14 @@ pub struct OsFs;
 
 /// What `O_DIRECT` asks of buffer addresses, lengths and file offsets: a
 /// multiple of the device's logical block size, which is 512 or 4096.
+#[cfg(target_os = "linux")]
 const DIRECT_ALIGN: usize = 4096;
 /// Bytes gathered before each direct write.
+#[cfg(target_os = "linux")]
 const DIRECT_STAGE: usize = 1 << 20;
 
 /// An aligned buffer of `DIRECT_STAGE` bytes.
+#[cfg(target_os = "linux")]
 struct Stage {
     /// `DIRECT_STAGE + DIRECT_ALIGN` bytes; the stage is the aligned part
     /// from `start`.
@@ -115,6 +118,7 @@ struct Stage {
     filled: usize,
 }
 
+#[cfg(target_os = "linux")]
 impl Stage {
     fn new() -> Self {
         let buf = vec![0u8; DIRECT_STAGE + DIRECT_ALIGN];
@@ -136,6 +140,7 @@ impl Stage {
 /// I/O off for the rest of the file, which is then written the ordinary
 /// way from the first byte not yet written. The first failed write ends
 /// the writing; its error comes back from the next call.
+#[cfg(target_os = "linux")]
 struct DirectWriteFile {
     stage: Stage,
     /// Full stages to the writing thread; `true` marks the last one.
@@ -147,6 +152,7 @@ struct DirectWriteFile {
     stages: usize,
 }
 
+#[cfg(target_os = "linux")]
 impl DirectWriteFile {
     fn new(file: File) -> io::Result<Self> {
         let (to_io, from_main) = std::sync::mpsc::sync_channel::<(Stage, bool)>(1);
@@ -208,6 +214,7 @@ impl DirectWriteFile {
     }
 }
 
+#[cfg(target_os = "linux")]
 impl WriteFile for DirectWriteFile {
     fn write_all(&mut self, mut buf: &[u8]) -> io::Result<()> {
         while !buf.is_empty() {
@@ -230,6 +237,7 @@ impl WriteFile for DirectWriteFile {
     }
 }
 
+#[cfg(target_os = "linux")]
 impl Drop for DirectWriteFile {
     fn drop(&mut self) {
         // No write may land after the caller moved on (say, removed the file).
@@ -240,11 +248,13 @@ impl Drop for DirectWriteFile {
 }
 
 /// The writing end of a [`DirectWriteFile`].
+#[cfg(target_os = "linux")]
 struct DirectWriter {
     file: File,
     direct: bool,
 }
 
+#[cfg(target_os = "linux")]
 impl DirectWriter {
     fn stop_direct(&mut self) -> io::Result<()> {
         if self.direct {
@@ -322,6 +332,8 @@ impl Vfs for OsFs {
         Ok(Box::new(OsWriteFile(f)))
     }
 
+    // Elsewhere, the trait's default: an ordinary file.
+    #[cfg(target_os = "linux")]
     fn create_new_direct(&self, path: &Path) -> io::Result<Box<dyn WriteFile>> {
         let opened = OpenOptions::new()
             .write(true)
@@ -389,6 +401,7 @@ impl Vfs for OsFs {
 mod tests {
     use super::*;
 
+    #[cfg(target_os = "linux")]
     /// Writes `len` bytes in pieces of the sizes `pieces` cycles through,
     /// then reads the file back.
     fn direct_roundtrip(dir: &Path, len: usize, pieces: &[usize]) -> io::Result<()> {
@@ -410,6 +423,7 @@ mod tests {
         Ok(())
     }
 
+    #[cfg(target_os = "linux")]
     fn lengths() -> Vec<usize> {
         vec![
             0,
@@ -426,6 +440,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(target_os = "linux")]
     fn direct_writes_read_back_whatever_the_lengths() -> io::Result<()> {
         let dir = tempfile::tempdir()?;
         for len in lengths() {
@@ -438,6 +453,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(target_os = "linux")]
     fn direct_writes_work_where_the_file_system_refuses_direct_io() -> io::Result<()> {
         // tmpfs refused O_DIRECT before Linux 6.6; either way the bytes land.
         let Ok(dir) = tempfile::tempdir_in("/dev/shm") else { return Ok(()) };
