@@ -197,7 +197,7 @@ fn remove_any(p: &Path) -> Result<()> {
 /// atomically if something is there (`mkdir`, `symlink`, `link`).
 fn write_entry(
     store: &Store,
-    feed: Option<Ready>,
+    feed: Option<&dyn Feed>,
     root: &Path,
     path: &[u8],
     e: &FlatEntry,
@@ -409,15 +409,13 @@ pub(crate) trait Feed: Sync {
     fn chunk(&self, store: &Store, id: &ObjectId) -> Result<Vec<u8>>;
 }
 
-pub(crate) type Ready<'a> = &'a dyn Feed;
-
 /// Fills the empty working tree of a repository being cloned with the
 /// version whose root tree is `root_tree`, while its trees and chunks are
 /// still arriving: each file is started once `ready` has its first chunk
 /// and written as the others come, in the order a pull fetches them
-/// (shallow paths first). Nothing
-/// is recorded: once the version is, [`settle_fresh`] moves HEAD to it, and
-/// if the transfer fails, [`undo_fresh`] removes what was written.
+/// (shallow paths first). Nothing is recorded: once the version is,
+/// [`settle_fresh`] moves HEAD to it, and if the transfer fails,
+/// [`undo_fresh`] removes what was written.
 ///
 /// It replaces nothing: a path where something appeared meanwhile (the
 /// user may already be using the folder) is left alone. Such a path, a
@@ -429,7 +427,7 @@ pub(crate) type Ready<'a> = &'a dyn Feed;
 pub(crate) fn checkout_fresh(
     repo: &Repo,
     root_tree: &ObjectId,
-    ready: Ready,
+    ready: &dyn Feed,
 ) -> Result<Option<(Flat, Outcome)>> {
     let target = loop {
         match crate::snapshot::flatten(repo.store(), root_tree) {
@@ -533,7 +531,7 @@ fn apply(
     root: &Path,
     delete: bool,
     force: bool,
-    ready: Option<Ready>,
+    ready: Option<&dyn Feed>,
 ) -> Result<Outcome> {
     let store = repo.store();
     let scanned = scan(root)?;

@@ -67,10 +67,10 @@
 //! Chunks are asked for in batches of at most 128 chunks and about 4 MiB
 //! (as the trees suggest), several at once, so they arrive close to the
 //! order they were listed in: files in the order a checkout writes them.
-//! A clone's checkout runs beside its transfer and writes each file once
-//! its chunks are there, taking those that arrived lately from memory
-//! ([`session::Arrived`], 16 MiB) rather than reading them back from the
-//! packs after the next flush.
+//! A clone's checkout runs beside its transfer: it starts a file once its
+//! first chunk is there and writes the others as they come, taking those
+//! that arrived lately from memory ([`session::Arrived`], 16 MiB) rather
+//! than reading them back from the packs after the next flush.
 //!
 //! # Limits
 //!

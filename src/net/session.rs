@@ -1209,11 +1209,6 @@ impl Arrived {
         }
     }
 
-    /// A chunk's stored bytes, if still here.
-    pub fn get(&self, id: &ObjectId) -> Option<Arc<Vec<u8>>> {
-        self.inner.lock().ok()?.map.get(id).cloned()
-    }
-
     /// Whether a chunk is here.
     pub fn has(&self, id: &ObjectId) -> bool {
         self.inner.lock().is_ok_and(|a| a.map.contains_key(id))
@@ -1360,10 +1355,10 @@ mod tests {
         // 150 bytes came; the two oldest made room for the rest.
         assert!(!a.has(&id(0)) && !a.has(&id(1)));
         assert!((2..5).all(|i| a.has(&id(i))));
-        assert_eq!(a.get(&id(4)).as_deref(), Some(&vec![4u8; 30]));
+        assert_eq!(a.wait_for(&id(4), Duration::ZERO).as_deref(), Some(&vec![4u8; 30]));
         // A second copy changes nothing; a chunk over the bound is not kept.
         a.keep(id(4), vec![9; 30]);
-        assert_eq!(a.get(&id(4)).as_deref(), Some(&vec![4u8; 30]));
+        assert_eq!(a.wait_for(&id(4), Duration::ZERO).as_deref(), Some(&vec![4u8; 30]));
         a.keep(id(7), vec![7; 101 + 3 * ARRIVED_ENTRY]);
         assert!(!a.has(&id(7)) && a.has(&id(2)));
         let inner = a.inner.lock().map(|i| (i.bytes, i.map.len(), i.order.len())).ok();

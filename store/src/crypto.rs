@@ -89,9 +89,6 @@ impl AeadKey {
         buf: &mut [u8],
         tag: &[u8],
     ) -> Result<(), DecodeError> {
-        if nonce.len() != NONCE_LEN || tag.len() != TAG_LEN {
-            return Err(DecodeError::Decrypt);
-        }
         let (Ok(nonce), Ok(tag)) = (<[u8; NONCE_LEN]>::try_from(nonce), <[u8; TAG_LEN]>::try_from(tag))
         else {
             return Err(DecodeError::Decrypt);

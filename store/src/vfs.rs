@@ -401,9 +401,9 @@ impl Vfs for OsFs {
 mod tests {
     use super::*;
 
-    #[cfg(target_os = "linux")]
     /// Writes `len` bytes in pieces of the sizes `pieces` cycles through,
     /// then reads the file back.
+    #[cfg(target_os = "linux")]
     fn direct_roundtrip(dir: &Path, len: usize, pieces: &[usize]) -> io::Result<()> {
         let data: Vec<u8> = (0..len).map(|i| (i * 7 + i / 4096) as u8).collect();
         let path = dir.join(format!("f{len}"));
