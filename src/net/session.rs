@@ -49,8 +49,16 @@ const FIRST_WALK: u32 = 64;
 const MAX_PULL_VERSIONS: usize = 1_000_000;
 /// Most bytes of versions one pull holds in memory.
 const MAX_PULL_VERSION_BYTES: usize = 512 << 20;
+/// What the storing thread is given.
+enum ToStore {
+    /// A received object, checked against its id.
+    Object(ObjectId, Vec<u8>),
+    /// Make everything so far durable, and readable through the store, now:
+    /// a clone's checkout waits for the trees.
+    Flush,
+}
 /// Where received objects go to be stored.
-type Sink = tokio::sync::mpsc::Sender<(ObjectId, Vec<u8>)>;
+type Sink = tokio::sync::mpsc::Sender<ToStore>;
 /// Trees remembered as complete from the versions a pull builds on.
 const MAX_KNOWN_TREES: usize = 1_000_000;
 
@@ -342,7 +350,7 @@ impl Session {
                     self.progress.deltas.fetch_add(u64::from(delta), Ordering::Relaxed);
                 }
                 if let Some(tx) = sink {
-                    tx.send((id, bytes))
+                    tx.send(ToStore::Object(id, bytes))
                         .await
                         .map_err(|_| RepoError::Usage("the storing thread stopped".into()))?;
                 }
@@ -673,7 +681,7 @@ impl Session {
         }
 
         // Everything they reach, stored before any of them is recorded.
-        let (tx, rx) = tokio::sync::mpsc::channel::<(ObjectId, Vec<u8>)>(STORE_QUEUE);
+        let (tx, rx) = tokio::sync::mpsc::channel::<ToStore>(STORE_QUEUE);
         let storer = {
             let store = self.repo.store().clone();
             let progress = self.progress.clone();
@@ -857,6 +865,15 @@ impl Session {
             level = next;
         }
         drop(seen_chunks);
+        // Every tree is with the storing thread. For a clone, whose checkout
+        // starts once it can read them all, they are made readable now
+        // rather than at the first flush of chunks (64 MiB later). A pull
+        // keeps to one pack where it can.
+        if self.arrived.get().is_some() {
+            tx.send(ToStore::Flush)
+                .await
+                .map_err(|_| RepoError::Usage("the storing thread stopped".into()))?;
+        }
 
         // Chunks we lack, several streams at once, each with the chunk it
         // replaces as a base where this end holds it.
@@ -1105,7 +1122,7 @@ struct Held {
 /// transfer runs. The first error ends the loop (the senders then stop).
 fn store_loop(
     store: &dbox_store::Store,
-    mut rx: tokio::sync::mpsc::Receiver<(ObjectId, Vec<u8>)>,
+    mut rx: tokio::sync::mpsc::Receiver<ToStore>,
     progress: &Progress,
     rt: &tokio::runtime::Handle,
     arrived: Option<&Arrived>,
@@ -1130,7 +1147,20 @@ fn store_loop(
                 }
             },
         };
-        let Some((id, b)) = next else { break };
+        let (id, b) = match next {
+            None => break,
+            Some(ToStore::Object(id, b)) => (id, b),
+            Some(ToStore::Flush) => {
+                if let Some(h) = &mut held {
+                    if let Err(e) = h.writer.flush() {
+                        result = Err(e.into());
+                        break;
+                    }
+                    h.unflushed = 0;
+                }
+                continue;
+            }
+        };
         if let Err(e) = store_one(store, &mut held, &id, &b) {
             result = Err(e);
             break;

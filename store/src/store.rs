@@ -997,6 +997,11 @@ impl Writer {
         for p in &pending {
             self.core.write_pending(p)?;
         }
+        // Their buffers serve the next packs: a sync flushes every 64 MiB,
+        // and a new buffer would fault in its 32 MiB a page at a time.
+        for p in pending {
+            self.core.recycle(p);
+        }
         self.save_index()
     }
 
