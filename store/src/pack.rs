@@ -144,6 +144,11 @@ impl PackBuilder {
         self.buf[start..start + entry.len as usize].to_vec()
     }
 
+    /// Bytes the pack's buffer holds without growing.
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
     /// Empties the pack for reuse, keeping its buffer.
     pub fn reset(&mut self) {
         self.buf.truncate(BODY_START);

@@ -765,10 +765,16 @@ impl Core {
         Ok(())
     }
 
-    /// Keeps a written pack's buffer for the next pack.
+    /// Keeps a written pack's buffer for the next pack: the last of the
+    /// threads holding the pack gets it, and only a buffer grown to at least
+    /// half the pack target is kept (a small one, from a flush, would take
+    /// the place of a large one and grow again a page at a time).
     fn recycle(&self, p: Pending) {
-        if let Ok(pp) = Arc::try_unwrap(p) {
+        if let Some(pp) = Arc::into_inner(p) {
             let mut builder = pp.pack.builder;
+            if builder.capacity() < self.store.inner.opts.pack_target / 2 {
+                return;
+            }
             let mut free = lock_ignoring_poison(&self.free);
             if free.len() < FREE_PACK_BUFFERS {
                 builder.reset();
