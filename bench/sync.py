@@ -21,7 +21,9 @@ Figures:
   seconds     wall time of the client process (GNU time); dbox's own
               "seconds" from --json is in the raw results. Each timed
               command starts after a `sync`, so no tool pays for the
-              writeback of the step before it.
+              writeback of the step before it. With --drop-caches each
+              tool's step also starts with the page cache dropped, so
+              every tool reads its source from the disk.
   wire bytes  dbox: wire.sent + wire.received from --json (QUIC datagram
               payloads, both directions); rsync: "Total bytes sent" +
               "Total bytes received" from --stats (protocol bytes on the TCP
@@ -282,6 +284,18 @@ def git_step(g):
 
 # ---------------------------------------------------------------- one data set
 
+def drop_caches(args):
+    """With --drop-caches, every tool starts its step with nothing cached:
+    without it, rsync reads a source that `cp` has just put in the page
+    cache while dbox's server reads packs that its commit wrote past the
+    cache (O_DIRECT)."""
+    if not args.drop_caches:
+        return
+    subprocess.run(["sync"], check=True)
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3\n")
+
+
 def run_dataset(args, kind, label, src, tools):
     w = os.path.join(args.work, label)
     rmtree(w)
@@ -325,13 +339,16 @@ def run_dataset(args, kind, label, src, tools):
             print(f"[{label}] {step} ...", file=sys.stderr)
             r = res["steps"][step]
             if "dbox" in tools:
+                drop_caches(args)
                 if step == "first":
                     r["dbox"] = dbox_step(server, [DBOX, "clone", server.invite(), b, "--json"], env_b)
                 else:
                     r["dbox"] = dbox_step(server, [DBOX, "-C", b, "pull", "origin", "--json"], env_b)
             if "rsync" in tools:
+                drop_caches(args)
                 r["rsync"] = rsync_step(tmp, a, dest)
             if "git" in tools:
+                drop_caches(args)
                 r["git"] = git_step(g)
 
         if not args.no_verify:
@@ -498,6 +515,8 @@ def main():
     ap.add_argument("--chain", default="10,2000",
                     help="shared history lengths for the negotiation measurement (0: skip)")
     ap.add_argument("--keep", action="store_true", help="keep the work folders")
+    ap.add_argument("--drop-caches", action="store_true",
+                    help="drop the page cache before each tool's step (root only): every tool starts cold")
     ap.add_argument("--no-verify", action="store_true", help="skip the diff of A against B and the rsync copy")
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--report", metavar="RESULTS_JSON", help="only print the tables of an earlier run")
