@@ -120,6 +120,7 @@ pub fn run() -> std::process::ExitCode {
         }
     };
     let mut ui = Ui::terminal();
+    dbox::repo::set_lock_notice(crate::ui::lock_notice);
     let result = dispatch(cli, &mut ui);
     let flushed = ui.flush();
     let result = result.and(flushed.map_err(CommandError::from));

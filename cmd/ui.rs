@@ -48,6 +48,16 @@ impl Ui {
     }
 }
 
+/// Says on stderr that a command waits for the writer lock another
+/// process holds. Installed with `dbox::repo::set_lock_notice`; the waiting
+/// itself is the library's.
+pub fn lock_notice(pid: Option<u32>) {
+    let who =
+        pid.map_or_else(|| "another dbox process".to_string(), |p| format!("another dbox process (pid {p})"));
+    let secs = dbox::repo::LOCK_WAIT.as_secs();
+    let _ = writeln!(io::stderr(), "waiting for {who} to release the repository lock (at most {secs} s)");
+}
+
 /// `text` with control characters other than tab escaped as `\u{..}`.
 pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
     if !text.chars().any(|c| c.is_control() && c != '\t') {

@@ -12,7 +12,7 @@ use dbox_store::verify::VerifyOptions;
 use dbox_store::{Node, ObjectId};
 
 use crate::error::{RepoError, Result};
-use crate::repo::{Repo, LOCK_WAIT};
+use crate::repo::Repo;
 
 /// Knobs of [`fsck`].
 #[derive(Clone, Debug, Default)]
@@ -49,7 +49,7 @@ pub fn fsck(repo: &Repo, opts: &FsckOptions) -> Result<FsckReport> {
     let mut report = FsckReport::default();
     let store = repo.store();
     if opts.repair {
-        let w = store.writer_wait(LOCK_WAIT)?;
+        let w = repo.lock_writer()?;
         let skipped = w.rebuild_index()?;
         report.repaired.push("rebuilt the index from the packs".into());
         for e in skipped {

@@ -27,7 +27,7 @@ use dbox_store::{ObjectId, Store, VersionId};
 
 use crate::cache::{Cache, CacheEntry, Content};
 use crate::error::{RepoError, Result};
-use crate::repo::{Repo, LOCK_WAIT};
+use crate::repo::Repo;
 use crate::snapshot::{entry_at, flatten_version, hash_file, load_base, FlatEntry};
 use crate::worktree::{abs_path, display, scan, Kind, Stat};
 
@@ -371,7 +371,7 @@ pub fn restore(repo: &Repo, version: &VersionId, opts: &RestoreOptions) -> Resul
 /// Moves HEAD and the working tree to `version`.
 pub fn checkout(repo: &Repo, version: &VersionId, force: bool) -> Result<Outcome> {
     // Hold the writer lock so no commit runs while the tree changes.
-    let w = repo.store().writer_wait(LOCK_WAIT)?;
+    let w = repo.lock_writer()?;
     checkout_locked(repo, &w, version, force)
 }
 
@@ -452,7 +452,7 @@ pub(crate) fn settle_fresh(
     target: BTreeMap<Vec<u8>, FlatEntry>,
     outcome: Outcome,
 ) -> Result<Outcome> {
-    let _w = repo.store().writer_wait(LOCK_WAIT)?;
+    let _w = repo.lock_writer()?;
     settle(repo, version, &Cache::default(), target, outcome)
 }
 

@@ -42,7 +42,7 @@ use crate::error::{RepoError, Result};
 use crate::graph::Graph;
 use crate::identity::Device;
 use crate::materialize::{checkout_locked, Outcome};
-use crate::repo::{Repo, LOCK_WAIT};
+use crate::repo::Repo;
 use crate::snapshot::{build_trees, compare, flatten_version, status, write_version, Change, FlatEntry};
 use crate::worktree::display;
 
@@ -187,7 +187,7 @@ pub fn merge(
 ) -> Result<MergeOutcome> {
     // One writer for the whole merge: no commit can slip in between the
     // check of the working tree and the checkout of the result.
-    let w = repo.store().writer_wait(LOCK_WAIT)?;
+    let w = repo.lock_writer()?;
     let head = repo.head()?.ok_or(RepoError::NoVersion)?;
     let graph = repo.graph()?;
     let other = match other {

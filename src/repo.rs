@@ -36,6 +36,17 @@ const MAX_VERSIONS_LOG: u64 = 1 << 30;
 /// How long a command waits for another writer before giving up.
 pub const LOCK_WAIT: Duration = Duration::from_secs(30);
 
+/// What a command does when it must wait for another process's writer
+/// lock (the CLI prints a line saying so); see [`set_lock_notice`].
+static LOCK_NOTICE: std::sync::OnceLock<fn(Option<u32>)> = std::sync::OnceLock::new();
+
+/// Sets, once per process, what happens when a command must wait for the
+/// writer lock another process holds: `notice` gets that process's pid
+/// where the lock file names one.
+pub fn set_lock_notice(notice: fn(Option<u32>)) {
+    let _ = LOCK_NOTICE.set(notice);
+}
+
 /// An open repository.
 #[derive(Clone, Debug)]
 pub struct Repo {
@@ -134,6 +145,18 @@ impl Repo {
     /// The object store.
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The store's writer lock, waiting for it up to [`LOCK_WAIT`]; if
+    /// another process holds it, the lock notice (see [`set_lock_notice`])
+    /// is told first.
+    pub fn lock_writer(&self) -> Result<dbox_store::Writer> {
+        let notice = LOCK_NOTICE.get().copied();
+        Ok(self.store.writer_wait_notify(LOCK_WAIT, &mut |pid| {
+            if let Some(f) = notice {
+                f(pid);
+            }
+        })?)
     }
 
     /// The version the working tree is based on.

@@ -22,7 +22,7 @@ use dbox_store::{
 use crate::cache::{now_ns, Cache, CacheEntry, Content};
 use crate::error::{RepoError, Result};
 use crate::identity::Device;
-use crate::repo::{Repo, LOCK_WAIT};
+use crate::repo::Repo;
 use crate::worktree::{abs_path, display, scan, Kind, Scan, Stat};
 
 /// One path of a flattened version.
@@ -422,7 +422,7 @@ pub(crate) fn build_trees<'a>(
 
 /// Commits the whole working tree as a new version signed by `device`.
 pub fn commit(repo: &Repo, device: &Device, opts: &CommitOptions) -> Result<CommitOutcome> {
-    let w = repo.store().writer_wait(LOCK_WAIT)?;
+    let w = repo.lock_writer()?;
     let head = repo.head()?;
     let base = load_base(repo, head)?;
     let scanned: Scan = scan(repo.root())?;

@@ -206,6 +206,58 @@ fn two_commits_at_once_wait_for_each_other() -> TestResult {
     Ok(())
 }
 
+/// Runs `args` while this process holds the repository's writer lock (as
+/// another dbox process would, its pid in the lock file); lets go once the
+/// command says it is waiting, and returns what it wrote to stderr.
+fn run_behind_the_lock(
+    env: &TestEnv,
+    repo: &Path,
+    args: &[&str],
+) -> Result<String, Box<dyn std::error::Error>> {
+    use std::io::{BufRead, Write};
+    let mut lock = std::fs::OpenOptions::new().read(true).write(true).open(repo.join(".dbox/store/lock"))?;
+    lock.lock()?;
+    lock.set_len(0)?;
+    writeln!(lock, "{}", std::process::id())?;
+    let mut child = env.command(repo, args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
+    let stderr = child.stderr.take().ok_or("no stderr")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("waiting for") {
+                let _ = tx.send(());
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let said = rx.recv_timeout(Duration::from_secs(20)).is_ok();
+    lock.unlock()?;
+    let status = child.wait()?;
+    let err = reader.join().map_err(|_| "stderr reader")?;
+    assert!(said, "{args:?} did not say it waits: {err}");
+    assert!(status.success(), "{args:?} failed once the lock was free: {err}");
+    Ok(err)
+}
+
+#[test]
+fn a_command_waiting_for_the_lock_says_who_holds_it() -> TestResult {
+    let env = TestEnv::new()?;
+    let repo = env.repo("r")?;
+    write(&repo.join("a.txt"), "one")?;
+    env.ok(&repo, &["commit", "-m", "one"])?;
+    write(&repo.join("a.txt"), "two")?;
+    let me = format!("another dbox process (pid {}) to release the repository lock", std::process::id());
+    let err = run_behind_the_lock(&env, &repo, &["commit", "-m", "two"])?;
+    assert!(err.contains(&me), "{err}");
+    let err = run_behind_the_lock(&env, &repo, &["checkout", "HEAD~1"])?;
+    assert!(err.contains(&me), "{err}");
+    assert_eq!(std::fs::read_to_string(repo.join("a.txt"))?, "one");
+    Ok(())
+}
+
 #[test]
 fn commit_killed_at_random_moments_loses_nothing() -> TestResult {
     let env = TestEnv::new()?;

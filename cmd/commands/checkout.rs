@@ -10,7 +10,8 @@ use crate::ui::Ui;
 ///
 /// Typically used to switch to another head. Files that are not in HEAD and
 /// not in VERSION (never committed) are left alone. Never overwrites or
-/// deletes content that is in no version, unless --force.
+/// deletes content that is in no version, unless --force. If another dbox
+/// command is writing, says so and waits for it (30 s at most).
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The version

@@ -12,7 +12,7 @@ use crate::ui::Ui;
 ///
 /// Without -m the message summarises the change ("3 modified, 1 added").
 /// Prints the new version's id. When nothing changed, says so and makes no
-/// version. If another dbox command is writing, waits for it (30 s at most).
+/// version. If another dbox command is writing, says so and waits for it (30 s at most).
 ///
 /// JSON: {"version": id|null, "parent": id|null, "message", "changes":
 /// [{"path", "change"}], "files_read", "bytes_read", "warnings"}.

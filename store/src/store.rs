@@ -615,20 +615,36 @@ impl Store {
     /// Takes the writer lock, waiting up to `timeout` for another process to
     /// release it.
     pub fn writer_wait(&self, timeout: Duration) -> Result<Writer, StoreError> {
+        self.writer_wait_notify(timeout, &mut |_| {})
+    }
+
+    /// [`Store::writer_wait`], calling `waiting` once, with the holder's pid
+    /// where the lock file names one, if the lock is held when it starts:
+    /// a command can then say why it pauses.
+    pub fn writer_wait_notify(
+        &self,
+        timeout: Duration,
+        waiting: &mut dyn FnMut(Option<u32>),
+    ) -> Result<Writer, StoreError> {
         let vfs = &*self.inner.vfs;
         let path = self.inner.root.join("lock");
         let deadline = Instant::now().checked_add(timeout);
+        let holder = || {
+            vfs.read_file(&path, 64)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .and_then(|s| s.trim().parse().ok())
+        };
+        let mut told = false;
         let guard = loop {
             if let Some(g) = vfs.try_lock(&path, std::process::id()).map_err(StoreError::io("lock", &path))? {
                 break g;
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
-                let pid = vfs
-                    .read_file(&path, 64)
-                    .ok()
-                    .and_then(|b| String::from_utf8(b).ok())
-                    .and_then(|s| s.trim().parse().ok());
-                return Err(StoreError::Locked { pid, path });
+                return Err(StoreError::Locked { pid: holder(), path });
+            }
+            if !std::mem::replace(&mut told, true) {
+                waiting(holder());
             }
             std::thread::sleep(Duration::from_millis(20));
         };
