@@ -820,7 +820,7 @@ pub async fn serve(
                     continue;
                 };
                 let ctx = ctx.clone();
-                let loopback = inc.remote_address().ip().is_loopback().then(|| loopback_config.clone());
+                let loopback = inc.remote_address().ip().to_canonical().is_loopback().then(|| loopback_config.clone());
                 tasks.spawn(async move {
                     let from = inc.remote_address();
                     if let Err(e) = handle(inc, loopback, ticket, &ctx).await {
