@@ -70,9 +70,10 @@
 //! A clone's checkout runs beside its transfer. It needs every tree first:
 //! the storing thread flushes as soon as the last tree reaches it, rather
 //! than at the first flush of chunks. It then starts a file once its first
-//! chunk is there and writes the others as they come, taking those that
-//! arrived lately from memory ([`session::Arrived`], 16 MiB) rather than
-//! reading them back from the packs after the next flush.
+//! chunk is there and writes the others as they come, taking them from
+//! memory ([`session::Arrived`], 16 MiB) rather than reading them back
+//! from the packs after the next flush. A chunk leaves that memory when it
+//! is taken; one that comes while it is full is read back from the packs.
 //!
 //! The trees are walked before any chunk is asked for. Asking for each
 //! level's chunks while the walk went on ended a transfer about 1 s sooner

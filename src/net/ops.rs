@@ -542,7 +542,7 @@ impl crate::materialize::Feed for CloneFeed {
     fn chunk(&self, store: &dbox_store::Store, id: &ObjectId) -> Result<Vec<u8>> {
         let mut wait = Duration::ZERO;
         loop {
-            if let Some(stored) = self.arrived.wait_for(id, wait) {
+            if let Some(stored) = self.arrived.take(id, wait) {
                 // Verified against its id when it arrived.
                 return dbox_store::object::open(store.keys(), dbox_store::ObjectKind::Chunk, &stored)
                     .map_err(|source| {
