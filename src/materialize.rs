@@ -407,6 +407,9 @@ pub(crate) trait Feed: Sync {
     /// A chunk's plaintext (the feed may hold it in memory, not yet
     /// stored), waiting for it while the transfer runs.
     fn chunk(&self, store: &Store, id: &ObjectId) -> Result<Vec<u8>>;
+    /// Told, before any [`Feed::chunk`], every chunk the checkout will
+    /// ask for (once per use), so that the feed holds on to those only.
+    fn expect(&self, chunks: &mut dyn Iterator<Item = &ObjectId>);
 }
 
 /// Fills the empty working tree of a repository being cloned with the
@@ -440,6 +443,10 @@ pub(crate) fn checkout_fresh(
             Err(e) => return Err(e),
         }
     };
+    ready.expect(&mut target.values().flat_map(|e| match &e.content {
+        Content::File { chunks, .. } => chunks.as_slice(),
+        _ => &[],
+    }));
     let outcome = apply(repo, &Cache::default(), &target, &[], repo.root(), false, false, Some(ready))?;
     Ok(Some((target, outcome)))
 }

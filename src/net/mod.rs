@@ -79,7 +79,10 @@
 //! level's chunks while the walk went on ended a transfer about 1 s sooner
 //! on 1 GB, but one clone in about twenty stalled (both ends stopped
 //! accepting the other's packets some 70 ms after nine requests started at
-//! once, cause not found; see bench/RESULTS.md, session 7).
+//! once, cause not found; see bench/RESULTS.md, session 7). Tried again
+//! once loopback kept its large datagrams (session 8), it made a clone
+//! slower (5.2-7.5 s against 4.1-4.6 s): the client is then short of CPU,
+//! and chunks that come early only wait longer for the checkout.
 //!
 //! # Limits
 //!

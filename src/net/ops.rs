@@ -212,7 +212,7 @@ pub async fn connect(
     for sa in addrs {
         let seen = Arc::new(Mutex::new(None));
         let mut cfg = tls::client_config(identity, expected, seen.clone())?;
-        if sa.ip().is_loopback() {
+        if sa.ip().to_canonical().is_loopback() {
             tls::for_loopback_client(&mut cfg);
         }
         let endpoint = tls::endpoint(unspecified_for(&sa), None)?;
@@ -521,6 +521,10 @@ struct CloneFeed {
 }
 
 impl crate::materialize::Feed for CloneFeed {
+    fn expect(&self, chunks: &mut dyn Iterator<Item = &ObjectId>) {
+        self.arrived.expect(chunks);
+    }
+
     fn ready(&self, ids: &[ObjectId]) -> Result<bool> {
         loop {
             // Read before looking: once set, everything that came is stored.

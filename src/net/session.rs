@@ -32,10 +32,10 @@ const CHUNK_BATCH: usize = 128;
 /// streams bring close to the order the chunks were listed in, which is
 /// the order a clone's checkout writes files in ([`Arrived`]).
 const BATCH_BYTES: u64 = 4 << 20;
-/// Bytes of lately arrived chunks kept in memory for a checkout running
+/// Bytes of arrived chunks kept in memory for a checkout running
 /// beside the transfer ([`Arrived`]).
 const ARRIVED_BYTES: usize = 16 << 20;
-/// What one kept chunk costs beside its bytes (map and queue entries, the
+/// What one kept chunk costs beside its bytes (map entries, the
 /// allocation), counted against [`ARRIVED_BYTES`].
 const ARRIVED_ENTRY: usize = 160;
 /// Received objects are made durable at least this often (bytes).
@@ -1185,9 +1185,11 @@ fn store_loop(
 /// Chunks that arrived lately, in stored form (verified against their
 /// ids), for a checkout that runs beside the transfer: it writes a file
 /// from these without reading its chunks back from the packs, and without
-/// waiting for the next flush. At most `limit` bytes. A chunk leaves when
-/// the checkout takes it; one that comes while the buffer is full is not
-/// kept, and is read from the store once flushed. The checkout is usually
+/// waiting for the next flush. At most `limit` bytes. Once the checkout
+/// has said which chunks it will take ([`Arrived::expect`]), only those are
+/// kept, and a chunk leaves when taken as often as it is needed; one that
+/// comes while the buffer is full is not kept, and is read from the store
+/// once flushed. The checkout is usually
 /// behind the transfer and takes chunks in the order they were asked for:
 /// dropping the oldest to keep the newest (as this did before) threw away
 /// the very chunks it needed next, and a clone of `mixed` read 85 % of its
@@ -1203,6 +1205,9 @@ pub struct Arrived {
 struct ArrivedInner {
     map: HashMap<ObjectId, Vec<u8>>,
     bytes: usize,
+    /// The chunks the checkout will still take, with how often; `None`
+    /// until it says (the trees are in by then, few chunks yet).
+    wanted: Option<HashMap<ObjectId, u32>>,
 }
 
 impl Arrived {
@@ -1215,7 +1220,8 @@ impl Arrived {
         // With what a map entry costs, so many tiny chunks stay within the
         // bound too.
         let cost = stored.len() + ARRIVED_ENTRY;
-        if a.bytes + cost > self.limit || a.map.contains_key(&id) {
+        let unwanted = a.wanted.as_ref().is_some_and(|w| !w.contains_key(&id));
+        if unwanted || a.bytes + cost > self.limit || a.map.contains_key(&id) {
             return;
         }
         a.bytes += cost;
@@ -1224,18 +1230,49 @@ impl Arrived {
         self.came.notify_all();
     }
 
+    /// The chunks the checkout will take, once per use: from now on only
+    /// these are kept, and those here that are not go.
+    pub fn expect(&self, chunks: &mut dyn Iterator<Item = &ObjectId>) {
+        let mut wanted: HashMap<ObjectId, u32> = HashMap::new();
+        for c in chunks {
+            *wanted.entry(*c).or_default() += 1;
+        }
+        let Ok(mut a) = self.inner.lock() else { return };
+        let a = &mut *a;
+        a.map.retain(|id, b| {
+            let keep = wanted.contains_key(id);
+            if !keep {
+                a.bytes -= b.len() + ARRIVED_ENTRY;
+            }
+            keep
+        });
+        a.wanted = Some(wanted);
+    }
+
     /// Takes a chunk's stored bytes, waiting up to `wait` for it to come.
+    /// A chunk the checkout said it needs more than once stays until the
+    /// last of them.
     pub fn take(&self, id: &ObjectId, wait: Duration) -> Option<Vec<u8>> {
         let deadline = Instant::now() + wait;
         let mut a = self.inner.lock().ok()?;
-        loop {
-            if let Some(b) = a.map.remove(id) {
-                a.bytes -= b.len() + ARRIVED_ENTRY;
-                return Some(b);
-            }
+        while !a.map.contains_key(id) {
             let left = deadline.checked_duration_since(Instant::now())?;
             a = self.came.wait_timeout(a, left).ok()?.0;
         }
+        let a = &mut *a;
+        match a.wanted.as_mut().and_then(|w| w.get_mut(id)) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                return a.map.get(id).cloned();
+            }
+            Some(_) => {
+                a.wanted.as_mut().map(|w| w.remove(id));
+            }
+            None => {}
+        }
+        let b = a.map.remove(id)?;
+        a.bytes -= b.len() + ARRIVED_ENTRY;
+        Some(b)
     }
 
     /// Whether a chunk is here.
@@ -1404,6 +1441,29 @@ mod tests {
             a.keep(id(9), vec![9; 30]);
             assert_eq!(waiting.join().ok().flatten(), Some(vec![9u8; 30]));
         });
+    }
+
+    #[test]
+    fn arrived_keeps_only_what_the_checkout_expects_until_its_last_use() {
+        let id = |i: u8| ObjectId([i; 32]);
+        let a = Arrived::new(1000);
+        // Before the checkout says what it needs, anything is kept.
+        a.keep(id(1), vec![1; 10]);
+        a.keep(id(2), vec![2; 10]);
+        // Chunk 1 is needed twice, 3 once; 2 (an older version's) never.
+        a.expect(&mut [id(1), id(3), id(1)].iter());
+        assert!(a.has(&id(1)) && !a.has(&id(2)));
+        a.keep(id(2), vec![2; 10]);
+        a.keep(id(3), vec![3; 10]);
+        assert!(!a.has(&id(2)) && a.has(&id(3)));
+        assert_eq!(a.take(&id(1), Duration::ZERO), Some(vec![1u8; 10]));
+        assert!(a.has(&id(1)), "the second use still finds it");
+        assert_eq!(a.take(&id(1), Duration::ZERO), Some(vec![1u8; 10]));
+        assert!(!a.has(&id(1)));
+        // Not here when asked (read from the store instead): no use counted.
+        assert_eq!(a.take(&id(4), Duration::ZERO), None);
+        let inner = a.inner.lock().map(|i| (i.bytes, i.map.len())).ok();
+        assert_eq!(inner, Some((10 + ARRIVED_ENTRY, 1)));
     }
 
     #[test]
