@@ -31,6 +31,8 @@ use crate::graph::{Graph, GraphNode};
 /// Name of the repository directory.
 pub const DOT_DIR: &str = ".dbox";
 const FORMAT_LINE: &str = "dbox repository 1\n";
+/// In `.dbox/`: a clone is filling the folder ([`Repo::mark_cloning`]).
+const CLONING: &str = "cloning";
 /// Largest versions log read (about 3 million versions).
 const MAX_VERSIONS_LOG: u64 = 1 << 30;
 /// How long a command waits for another writer before giving up.
@@ -174,9 +176,34 @@ impl Repo {
         }
     }
 
-    /// Moves HEAD.
+    /// Moves HEAD. A folder with a HEAD is no longer being cloned.
     pub fn set_head(&self, id: &VersionId) -> Result<()> {
-        write_atomic(&self.dot.join("HEAD"), format!("{id}\n").as_bytes(), 0o600)
+        write_atomic(&self.dot.join("HEAD"), format!("{id}\n").as_bytes(), 0o600)?;
+        // Only read while there is no HEAD; a marker left is harmless.
+        let _ = std::fs::remove_file(self.dot.join(CLONING));
+        Ok(())
+    }
+
+    /// Marks a repository a clone is filling: until it has a HEAD, commit
+    /// refuses to record the half-written folder ([`Repo::cloning`]).
+    pub fn mark_cloning(&self) -> Result<()> {
+        let text = "a clone is filling this folder, or was cut off; `dbox pull origin` finishes it\n";
+        write_atomic(&self.dot.join(CLONING), text.as_bytes(), 0o600)
+    }
+
+    /// Ends [`Repo::mark_cloning`] for a clone that brought no version.
+    pub fn done_cloning(&self) -> Result<()> {
+        let path = self.dot.join(CLONING);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(RepoError::io("remove", &path)(e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether a clone is filling this repository's folder, or was cut off
+    /// before it had a HEAD.
+    pub fn cloning(&self) -> Result<bool> {
+        Ok(self.head()?.is_none() && self.dot.join(CLONING).exists())
     }
 
     /// Reads the versions log.

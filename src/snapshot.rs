@@ -424,6 +424,14 @@ pub(crate) fn build_trees<'a>(
 pub fn commit(repo: &Repo, device: &Device, opts: &CommitOptions) -> Result<CommitOutcome> {
     let w = repo.lock_writer()?;
     let head = repo.head()?;
+    if repo.cloning()? {
+        return Err(RepoError::Usage(
+            "this folder is being cloned, or its clone was cut off: `dbox pull origin` finishes it. \
+             A commit now would start a second history from a half-written folder \
+             (remove .dbox/cloning to do that all the same)"
+                .into(),
+        ));
+    }
     let base = load_base(repo, head)?;
     let scanned: Scan = scan(repo.root())?;
     let warnings = Mutex::new(scanned.warnings.clone());

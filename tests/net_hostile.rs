@@ -838,6 +838,13 @@ fn a_transfer_killed_midway_resumes() -> TestResult {
         .collect();
     assert!(left.is_empty(), "the failed clone left files behind: {left:?}");
     b.ok(&rb, &["fsck"])?;
+    // A commit would start a second history from the half-cloned folder.
+    write(&rb.join("mine.txt"), b"written while the clone was cut off")?;
+    let r = b.run(&rb, &["commit", "-m", "too early"])?;
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("pull origin"), "the refusal says what finishes the clone: {r:?}");
+    assert!(rb.join(".dbox/cloning").exists());
+    std::fs::remove_file(rb.join("mine.txt"))?;
 
     // The server comes back on the same address; the pull finishes the job.
     let mut server = a.serve_on(&ra, &listen)?;
@@ -848,6 +855,7 @@ fn a_transfer_killed_midway_resumes() -> TestResult {
     assert!(second < total, "the second transfer resumed: {second} of {total} objects");
     assert!(first + second <= total, "nothing travelled twice: {first} + {second} > {total}");
     assert_eq!(common::snapshot(&rb)?, common::snapshot(&ra)?, "the working trees match");
+    assert!(!rb.join(".dbox/cloning").exists(), "a HEAD ends the clone");
     b.ok(&rb, &["fsck", "--read-data"])?;
     a.ok(&ra, &["fsck"])?;
     server.assert_alive()?;

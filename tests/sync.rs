@@ -168,6 +168,25 @@ fn peer_ids_and_the_address_book() -> TestResult {
     Ok(())
 }
 
+/// A clone of a repository with no version yet is finished: its first
+/// commit is the history's first version, not refused as a half clone.
+#[test]
+fn a_clone_of_an_empty_repository_can_commit() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let (a, b) = (Dev::new(tmp.path(), "a")?, Dev::new(tmp.path(), "b")?);
+    let ra = tmp.path().join("a");
+    a.ok(tmp.path(), &["init", "a"])?;
+    let _server = a.serve(&ra)?;
+    let tok = token(&a.ok(&ra, &["invite"])?);
+    let rb = tmp.path().join("b");
+    b.ok(tmp.path(), &["clone", &tok, "b"])?;
+    assert!(!rb.join(".dbox/cloning").exists());
+    write(&rb.join("first.txt"), "hello\n")?;
+    let r = b.ok(&rb, &["commit", "-m", "first"])?;
+    assert!(r.stderr.contains("Committed") || r.stdout.contains("Committed"), "{r:?}");
+    Ok(())
+}
+
 #[test]
 fn invite_clone_push_pull_and_the_working_tree_rules() -> TestResult {
     let tmp = tempfile::tempdir()?;
@@ -193,6 +212,7 @@ fn invite_clone_push_pull_and_the_working_tree_rules() -> TestResult {
     assert_eq!(j["pulled"]["versions"], 1);
     assert_eq!(std::fs::read(rb.join("photo.raw"))?, common::bytes(7, 3 << 20));
     assert_eq!(std::fs::read_to_string(rb.join("notes/plan.md"))?, "one\ntwo\n");
+    assert!(!rb.join(".dbox/cloning").exists(), "a finished clone leaves no mark");
     assert!(server.log().contains("joined with an invitation"), "{}", server.log());
     // Both know the other as a member now.
     let list = json(&b.ok(&rb, &["peer", "list", "--json"])?)?;

@@ -416,6 +416,7 @@ pub async fn clone(
     let addr2 = addr.clone();
     let (repo, members) = blocking(move || {
         let repo = Repo::init_with(&dir2, repo_id, &RepoKey::from_bytes(key))?;
+        repo.mark_cloning()?;
         let mut members = Members::default();
         merge_members(&repo, &mut members, &theirs, true)?;
         if !members.contains(&me) || !members.contains(&inviter) {
@@ -486,7 +487,7 @@ pub async fn clone(
             (Some(h), _) => {
                 crate::materialize::checkout(&repo2, &h, false)?;
             }
-            (None, _) => {}
+            (None, _) => repo2.done_cloning()?,
         }
         Ok(newest)
     })
