@@ -179,8 +179,8 @@ impl Repo {
     /// Moves HEAD. A folder with a HEAD is no longer being cloned.
     pub fn set_head(&self, id: &VersionId) -> Result<()> {
         write_atomic(&self.dot.join("HEAD"), format!("{id}\n").as_bytes(), 0o600)?;
-        // Only read while there is no HEAD; a marker left is harmless.
-        let _ = std::fs::remove_file(self.dot.join(CLONING));
+        // The mark only counts while there is no HEAD: one left is harmless.
+        let _ = self.done_cloning();
         Ok(())
     }
 
@@ -191,7 +191,8 @@ impl Repo {
         write_atomic(&self.dot.join(CLONING), text.as_bytes(), 0o600)
     }
 
-    /// Ends [`Repo::mark_cloning`] for a clone that brought no version.
+    /// Ends [`Repo::mark_cloning`]: the clone has a HEAD, or brought no
+    /// version.
     pub fn done_cloning(&self) -> Result<()> {
         let path = self.dot.join(CLONING);
         match std::fs::remove_file(&path) {
@@ -200,10 +201,10 @@ impl Repo {
         }
     }
 
-    /// Whether a clone is filling this repository's folder, or was cut off
-    /// before it had a HEAD.
-    pub fn cloning(&self) -> Result<bool> {
-        Ok(self.head()?.is_none() && self.dot.join(CLONING).exists())
+    /// Whether a clone marked this repository's folder and has not ended
+    /// ([`Repo::done_cloning`]); it is filling the folder, or was cut off.
+    pub fn cloning(&self) -> bool {
+        self.dot.join(CLONING).exists()
     }
 
     /// Reads the versions log.

@@ -424,7 +424,7 @@ pub(crate) fn build_trees<'a>(
 pub fn commit(repo: &Repo, device: &Device, opts: &CommitOptions) -> Result<CommitOutcome> {
     let w = repo.lock_writer()?;
     let head = repo.head()?;
-    if repo.cloning()? {
+    if head.is_none() && repo.cloning() {
         return Err(RepoError::Usage(
             "this folder is being cloned, or its clone was cut off: `dbox pull origin` finishes it. \
              A commit now would start a second history from a half-written folder \

@@ -12,9 +12,10 @@ use crate::ui::Ui;
 ///
 /// Without -m the message summarises the change ("3 modified, 1 added").
 /// Prints the new version's id. When nothing changed, says so and makes no
-/// version. If another dbox command is writing, says so and waits for it (30 s at most).
-/// Refuses in a folder that `dbox clone` is still filling, or whose clone
-/// was cut off before it had a version: `dbox pull origin` finishes it.
+/// version. If another dbox command is writing, says so and waits for it
+/// (30 s at most). Refuses in a folder that `dbox clone` is still filling,
+/// or whose clone was cut off before it had a version: `dbox pull origin`
+/// finishes it.
 ///
 /// JSON: {"version": id|null, "parent": id|null, "message", "changes":
 /// [{"path", "change"}], "files_read", "bytes_read", "warnings"}.

@@ -1189,11 +1189,10 @@ fn store_loop(
 /// has said which chunks it will take ([`Arrived::expect`]), only those are
 /// kept, and a chunk leaves when taken as often as it is needed; one that
 /// comes while the buffer is full is not kept, and is read from the store
-/// once flushed. The checkout is usually
-/// behind the transfer and takes chunks in the order they were asked for:
-/// dropping the oldest to keep the newest (as this did before) threw away
-/// the very chunks it needed next, and a clone of `mixed` read 85 % of its
-/// chunks back from the packs.
+/// once flushed. The checkout is usually behind the transfer and takes
+/// chunks in the order they were asked for: dropping the oldest to keep the
+/// newest (as this did before) threw away the very chunks it needed next,
+/// and a clone of `mixed` read 85 % of its chunks back from the packs.
 pub struct Arrived {
     limit: usize,
     inner: Mutex<ArrivedInner>,
@@ -1235,7 +1234,9 @@ impl Arrived {
     pub fn expect(&self, chunks: &mut dyn Iterator<Item = &ObjectId>) {
         let mut wanted: HashMap<ObjectId, u32> = HashMap::new();
         for c in chunks {
-            *wanted.entry(*c).or_default() += 1;
+            // Saturating: a count no take brings to zero only keeps a chunk.
+            let n = wanted.entry(*c).or_default();
+            *n = n.saturating_add(1);
         }
         let Ok(mut a) = self.inner.lock() else { return };
         let a = &mut *a;
@@ -1260,15 +1261,17 @@ impl Arrived {
             a = self.came.wait_timeout(a, left).ok()?.0;
         }
         let a = &mut *a;
-        match a.wanted.as_mut().and_then(|w| w.get_mut(id)) {
-            Some(n) if *n > 1 => {
-                *n -= 1;
-                return a.map.get(id).cloned();
+        if let Some(w) = a.wanted.as_mut() {
+            match w.get_mut(id) {
+                Some(n) if *n > 1 => {
+                    *n -= 1;
+                    return a.map.get(id).cloned();
+                }
+                Some(_) => {
+                    w.remove(id);
+                }
+                None => {}
             }
-            Some(_) => {
-                a.wanted.as_mut().map(|w| w.remove(id));
-            }
-            None => {}
         }
         let b = a.map.remove(id)?;
         a.bytes -= b.len() + ARRIVED_ENTRY;
