@@ -13,6 +13,7 @@
 
 pub mod cache;
 pub mod error;
+mod folders;
 pub mod fsck;
 mod fsutil;
 pub mod graph;

@@ -7,26 +7,27 @@
 //! command fails, unless `force`.
 //!
 //! Safety: every stored path comes from trees whose names were validated on
-//! decoding (no `..`, no `/`, no `.dbox`); before writing, every parent of a
-//! path is checked with `lstat` to be a real directory inside the target, so
-//! a symbolic link in the working tree is never followed. Files and links
-//! are created under a temporary name in their directory and renamed into
-//! place, which replaces a link rather than writing through it. File
-//! contents, executable bits, symbolic links, empty folders and file mtimes
-//! are restored.
+//! decoding (no `..`, no `/`, no `.dbox`); every write goes through folder
+//! handles opened one component at a time without following a link
+//! ([`crate::folders`]), so a symbolic link in the working tree is never
+//! followed. Files and links are created under a temporary name (or none)
+//! in their directory and renamed or linked into place, which replaces a
+//! link rather than writing through it. File contents, executable bits,
+//! symbolic links, empty folders and file mtimes are restored.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+
+use rustix::fs::FileType;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dbox_store::{ObjectId, Store, VersionId};
 
 use crate::cache::{Cache, CacheEntry, Content};
 use crate::error::{RepoError, Result};
+use crate::folders::{self, Folders, NewFile};
 use crate::repo::Repo;
 use crate::snapshot::{entry_at, flatten_version, hash_file, load_base, FlatEntry};
 use crate::worktree::{abs_path, display, scan, Kind, Stat};
@@ -164,6 +165,17 @@ fn check_parents(root: &Path, path: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Whether `root` holds nothing but the `.dbox` folder.
+fn holds_only_dot_dir(root: &Path) -> Result<bool> {
+    for entry in std::fs::read_dir(root).map_err(RepoError::io("read", root))? {
+        let entry = entry.map_err(RepoError::io("read", root))?;
+        if entry.file_name() != crate::repo::DOT_DIR {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 fn to_system_time(ns: i64) -> SystemTime {
     if ns >= 0 {
         UNIX_EPOCH + Duration::from_nanos(ns as u64)
@@ -172,92 +184,62 @@ fn to_system_time(ns: i64) -> SystemTime {
     }
 }
 
-fn temp_name(dir: &Path) -> Result<std::path::PathBuf> {
-    let mut r = [0u8; 8];
-    dbox_store::crypto::fill_random(&mut r)?;
-    Ok(dir.join(format!(".dbox-restore-{}.tmp", hex::encode(r))))
-}
-
-fn remove_any(p: &Path) -> Result<()> {
-    match std::fs::symlink_metadata(p) {
-        Ok(m) if m.file_type().is_dir() => std::fs::remove_dir_all(p).map_err(RepoError::io("remove", p)),
-        Ok(_) => std::fs::remove_file(p).map_err(RepoError::io("remove", p)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(RepoError::io("stat", p)(e)),
-    }
-}
-
 /// Writes one entry. For a file, returns its stat taken through the written
-/// file's own handle after the rename: an edit by anyone else afterwards
-/// changes at least its ctime, so the stat cache never trusts it.
-///
-/// With `keep`, nothing already at the path is replaced or removed (a
-/// folder there is fine for a folder): the entry is then not written
-/// ([`Wrote::Occupied`]). Each step that puts something at the path fails
-/// atomically if something is there (`mkdir`, `symlink`, `link`).
+/// file. With `keep` (a fresh checkout), nothing already at the path is
+/// replaced: the entry is then [`Wrote::Occupied`].
 fn write_entry(
     store: &Store,
     feed: Option<&dyn Feed>,
-    root: &Path,
+    folders: &Folders,
     path: &[u8],
     e: &FlatEntry,
     keep: bool,
 ) -> Result<Wrote> {
-    check_parents(root, path)?;
-    let dest = abs_path(root, path);
-    let dir = dest.parent().unwrap_or(root);
-    let occupied = |e: &std::io::Error| keep && e.kind() == std::io::ErrorKind::AlreadyExists;
+    let place = folders.place(path)?;
+    let dest = &place.abs;
     match &e.content {
-        Content::Dir => match std::fs::symlink_metadata(&dest) {
-            Ok(m) if m.file_type().is_dir() => Ok(Wrote::Done(None)),
-            Ok(_) if keep => Ok(Wrote::Occupied),
-            Ok(_) => {
-                remove_any(&dest)?;
-                std::fs::create_dir(&dest).map_err(RepoError::io("create directory", &dest))?;
-                Ok(Wrote::Done(None))
+        Content::Dir => {
+            if folders::make_dir(&place)? {
+                return Ok(Wrote::Done(None));
             }
-            Err(_) => match std::fs::create_dir(&dest) {
-                Ok(()) => Ok(Wrote::Done(None)),
-                Err(e) if occupied(&e) && std::fs::symlink_metadata(&dest).is_ok_and(|m| m.is_dir()) => {
-                    Ok(Wrote::Done(None))
+            match folders::kind_at(&place)? {
+                Some((FileType::Directory, _)) => Ok(Wrote::Done(None)),
+                _ if keep => Ok(Wrote::Occupied),
+                _ => {
+                    folders::remove(&place)?;
+                    if folders::make_dir(&place)? {
+                        Ok(Wrote::Done(None))
+                    } else {
+                        Err(RepoError::io("create directory", dest)(std::io::ErrorKind::AlreadyExists.into()))
+                    }
                 }
-                Err(e) if occupied(&e) => Ok(Wrote::Occupied),
-                Err(e) => Err(RepoError::io("create directory", &dest)(e)),
-            },
-        },
-        Content::Symlink(target) if keep => {
-            match std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), &dest) {
-                Ok(()) => Ok(Wrote::Done(None)),
-                Err(e) if occupied(&e) => Ok(Wrote::Occupied),
-                Err(e) => Err(RepoError::io("create link", &dest)(e)),
             }
+        }
+        Content::Symlink(target) if keep => {
+            Ok(if folders::link_new(&place, target)? { Wrote::Done(None) } else { Wrote::Occupied })
         }
         Content::Symlink(target) => {
-            let tmp = temp_name(dir)?;
-            std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), &tmp)
-                .map_err(RepoError::io("create link", &tmp))?;
-            replace(&tmp, &dest).map(|_| Wrote::Done(None))
+            folders::link_over(&place, target)?;
+            folders.forget(path);
+            Ok(Wrote::Done(None))
         }
         Content::File { size, chunks, executable } => {
-            let tmp = temp_name(dir)?;
             // Keep the permissions of a file being replaced (a private file
             // stays private); the version decides only the executable bits.
-            let old_mode = std::fs::symlink_metadata(&dest)
-                .ok()
-                .filter(|m| m.file_type().is_file())
-                .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777);
-            let result = (|| -> Result<std::fs::File> {
-                let mut f = OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(if *executable { 0o777 } else { 0o666 })
-                    .open(&tmp)
-                    .map_err(RepoError::io("create", &tmp))?;
+            let old_mode = match keep {
+                true => None,
+                false => folders::kind_at(&place)?
+                    .filter(|(t, _)| *t == FileType::RegularFile)
+                    .map(|(_, m)| m & 0o777),
+            };
+            let new = NewFile::create(&place, if *executable { 0o777 } else { 0o666 }, keep)?;
+            let result = (|| -> Result<()> {
+                let mut f = &new.file;
                 if let Some(old) = old_mode {
                     let exec = if *executable { (old & 0o444) >> 2 } else { 0 };
                     let mode = (old & 0o666) | exec;
                     f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))
-                        .map_err(RepoError::io("set permissions of", &tmp))?;
+                        .map_err(RepoError::io("set permissions of", dest))?;
                 }
                 let mut written = 0u64;
                 for id in chunks {
@@ -273,7 +255,7 @@ fn write_entry(
                             reason: format!("its chunks hold more than the {size} bytes the version says"),
                         });
                     }
-                    f.write_all(&data).map_err(RepoError::io("write", &tmp))?;
+                    f.write_all(&data).map_err(RepoError::io("write", dest))?;
                 }
                 if written != *size {
                     return Err(RepoError::Damaged {
@@ -282,46 +264,29 @@ fn write_entry(
                     });
                 }
                 if let Some(ns) = e.mtime_ns {
-                    f.set_modified(to_system_time(ns)).map_err(RepoError::io("set the time of", &tmp))?;
+                    new.file
+                        .set_modified(to_system_time(ns))
+                        .map_err(RepoError::io("set the time of", dest))?;
                 }
-                Ok(f)
+                Ok(())
             })();
-            let f = match result {
-                Ok(f) => f,
-                Err(err) => {
-                    let _ = std::fs::remove_file(&tmp);
-                    return Err(err);
-                }
-            };
+            if let Err(err) = result {
+                new.discard(&place);
+                return Err(err);
+            }
             if keep {
-                // Linked into place only if the path is free, then unlinked
-                // from the temporary name (the stat below is taken after).
-                let linked = std::fs::hard_link(&tmp, &dest);
-                let _ = std::fs::remove_file(&tmp);
-                match linked {
-                    Ok(()) => {}
-                    Err(e) if occupied(&e) => return Ok(Wrote::Occupied),
-                    Err(e) => return Err(RepoError::io("link", &dest)(e)),
+                if !new.link(&place)? {
+                    return Ok(Wrote::Occupied);
                 }
             } else {
-                replace(&tmp, &dest)?;
+                new.replace(&place)?;
+                folders.forget(path);
             }
-            let meta = f.metadata().map_err(RepoError::io("stat", &dest))?;
+            // Taken through the file once it is in place.
+            let meta = new.file.metadata().map_err(RepoError::io("stat", dest))?;
             Ok(Wrote::Done(Some(Stat::from_metadata(&meta))))
         }
     }
-}
-
-fn replace(tmp: &Path, dest: &Path) -> Result<()> {
-    if let Ok(m) = std::fs::symlink_metadata(dest) {
-        if m.file_type().is_dir() {
-            remove_any(dest)?;
-        }
-    }
-    std::fs::rename(tmp, dest).map_err(|e| {
-        let _ = std::fs::remove_file(tmp);
-        RepoError::io("rename", tmp)(e)
-    })
 }
 
 /// Writes `version` (or some of its paths) into the working tree, or into
@@ -596,6 +561,9 @@ fn apply(
     };
     let mut conflicts = Vec::new();
     let mut writes = Vec::new();
+    // A fresh checkout into a folder that holds only `.dbox` finds nothing
+    // at any path: no need to look at each.
+    let empty = ready.is_some() && holds_only_dot_dir(root)?;
     for (p, e) in target {
         match scanned.entries.get(p) {
             Some(wt) if matches(store, root, p, wt.kind, &wt.stat, &e.content, base)? => out.unchanged += 1,
@@ -627,6 +595,7 @@ fn apply(
                 }
                 writes.push(p);
             }
+            None if empty => writes.push(p),
             None => {
                 // Not scanned, but something may be there all the same: an
                 // ignored file, a FIFO, a nested repository.
@@ -688,8 +657,9 @@ fn apply(
     // not write; its caller then runs a checkout, which plans again.
     let fresh = ready.is_some();
     let incomplete = std::sync::atomic::AtomicBool::new(false);
+    let folders = Folders::open(root)?;
     for p in dirs {
-        match write_entry(store, ready, root, p, &target[p], fresh) {
+        match write_entry(store, ready, &folders, p, &target[p], fresh) {
             Ok(Wrote::Done(_)) => out.written.push(p.clone()),
             Ok(Wrote::Occupied) => out.incomplete = true,
             Err(_) if fresh => {
@@ -727,7 +697,7 @@ fn apply(
                     }
                 }
             }
-            match write_entry(store, ready, root, p, &target[*p], fresh) {
+            match write_entry(store, ready, &folders, p, &target[*p], fresh) {
                 Ok(Wrote::Done(stat)) => done.push(((*p).clone(), stat)),
                 Ok(Wrote::Occupied) => incomplete.store(true, std::sync::atomic::Ordering::Relaxed),
                 Err(_) if fresh => {

@@ -1,0 +1,360 @@
+//! Writing a tree's entries through folder handles.
+//!
+//! A restore or checkout writes tens of thousands of entries under one
+//! root. Checking every parent of every path with `lstat` and then using
+//! the full path again costs several path walks per entry, and still leaves
+//! a moment between the check and the use. [`Folders`] opens each folder
+//! once, relative to its own parent and without following a link
+//! (`O_NOFOLLOW | O_DIRECTORY`), and every write names one component
+//! relative to such a handle (`mkdirat`, `openat`, `linkat`, `renameat`).
+//! A symbolic link or a file where a folder belongs is an
+//! [`RepoError::UnsafePath`]; nothing is ever written through a link.
+//!
+//! Handles are kept in a bounded map (entries come in path order, so
+//! siblings share them), far below the default limit of 1,024 open files.
+//!
+//! A new file that must not replace anything (a fresh checkout) is written
+//! as an unnamed file (`O_TMPFILE`) and linked into place only when
+//! complete, so a killed process leaves no temporary file behind, and a
+//! path taken meanwhile is found by the link (`EEXIST`). Where unnamed files
+//! are not available (another file system or system), a named temporary
+//! file is linked and removed instead.
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags};
+use rustix::io::Errno;
+
+use crate::error::{RepoError, Result};
+use crate::worktree::{abs_path, display};
+
+/// Handles kept open at most; the map is emptied when it is full.
+const MAX_OPEN: usize = 256;
+
+/// Flags of a folder handle: never through a link, only a folder.
+fn dir_flags() -> OFlags {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let kind = OFlags::PATH;
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let kind = OFlags::RDONLY;
+    kind | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC
+}
+
+fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(Errno) -> RepoError + 'a {
+    move |e| RepoError::io(op, path)(e.into())
+}
+
+/// The last component of a tree path and the path of its folder ("" for
+/// the root).
+fn split(path: &[u8]) -> (&[u8], &OsStr) {
+    match path.iter().rposition(|b| *b == b'/') {
+        Some(i) => (&path[..i], OsStr::from_bytes(&path[i + 1..])),
+        None => (&[], OsStr::from_bytes(path)),
+    }
+}
+
+/// Open folders of the tree under one root.
+pub(crate) struct Folders {
+    root: PathBuf,
+    root_fd: Arc<OwnedFd>,
+    open: Mutex<HashMap<Vec<u8>, Arc<OwnedFd>>>,
+}
+
+/// Where an entry goes: its folder's handle and its name in it.
+pub(crate) struct Place {
+    pub dir: Arc<OwnedFd>,
+    pub name: OsString,
+    /// The full path, for messages.
+    pub abs: PathBuf,
+}
+
+impl Folders {
+    /// Opens `root` itself (which may be reached through links: it is the
+    /// user's choice).
+    pub fn open(root: &Path) -> Result<Folders> {
+        let fd = rfs::open(root, dir_flags() - OFlags::NOFOLLOW, Mode::empty()).map_err(io("open", root))?;
+        Ok(Folders { root: root.to_path_buf(), root_fd: Arc::new(fd), open: Mutex::new(HashMap::new()) })
+    }
+
+    /// The folder `dir` (a tree path, "" for the root), opened through each
+    /// of its ancestors in turn. `entry` names the path being written, for
+    /// the error when some ancestor is not a folder.
+    fn folder(&self, entry: &[u8], dir: &[u8]) -> Result<Arc<OwnedFd>> {
+        if dir.is_empty() {
+            return Ok(self.root_fd.clone());
+        }
+        if let Some(fd) = self.open.lock().unwrap_or_else(|p| p.into_inner()).get(dir) {
+            return Ok(fd.clone());
+        }
+        let (parent, name) = split(dir);
+        let parent_fd = self.folder(entry, parent)?;
+        let fd = match rfs::openat(&*parent_fd, name, dir_flags(), Mode::empty()) {
+            Ok(fd) => Arc::new(fd),
+            Err(Errno::NOTDIR | Errno::LOOP) => {
+                return Err(RepoError::UnsafePath {
+                    path: display(entry),
+                    reason: format!("{} is not a folder", display(dir)),
+                })
+            }
+            Err(e) => return Err(io("open folder", &abs_path(&self.root, dir))(e)),
+        };
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if open.len() >= MAX_OPEN {
+            open.clear();
+        }
+        open.insert(dir.to_vec(), fd.clone());
+        Ok(fd)
+    }
+
+    /// Where `path` goes, its folders checked.
+    pub fn place(&self, path: &[u8]) -> Result<Place> {
+        let (dir, name) = split(path);
+        Ok(Place { dir: self.folder(path, dir)?, name: name.to_os_string(), abs: abs_path(&self.root, path) })
+    }
+
+    /// Forgets the handle of `dir` and of everything under it (after it was
+    /// removed or replaced).
+    pub fn forget(&self, dir: &[u8]) {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        open.retain(|k, _| !(k == dir || (k.starts_with(dir) && k.get(dir.len()) == Some(&b'/'))));
+    }
+}
+
+/// What is at a place, without following a link; `None` if nothing.
+pub(crate) fn kind_at(p: &Place) -> Result<Option<(FileType, u32)>> {
+    match rfs::statat(&*p.dir, &p.name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => Ok(Some((FileType::from_raw_mode(st.st_mode), st.st_mode & 0o7777))),
+        Err(Errno::NOENT) => Ok(None),
+        Err(e) => Err(io("stat", &p.abs)(e)),
+    }
+}
+
+/// Makes a folder; `Ok(false)` if something is already there.
+pub(crate) fn make_dir(p: &Place) -> Result<bool> {
+    match rfs::mkdirat(&*p.dir, &p.name, Mode::from_raw_mode(0o777)) {
+        Ok(()) => Ok(true),
+        Err(Errno::EXIST) => Ok(false),
+        Err(e) => Err(io("create directory", &p.abs)(e)),
+    }
+}
+
+/// Removes what is at a place: a file or link, or a folder with all it
+/// holds.
+pub(crate) fn remove(p: &Place) -> Result<()> {
+    match kind_at(p)? {
+        None => Ok(()),
+        // Rare (a folder replaced by a file): by path, the folder's own
+        // handle having been checked.
+        Some((FileType::Directory, _)) => {
+            std::fs::remove_dir_all(&p.abs).map_err(RepoError::io("remove", &p.abs))
+        }
+        Some(_) => rfs::unlinkat(&*p.dir, &p.name, AtFlags::empty()).map_err(io("remove", &p.abs)),
+    }
+}
+
+/// A name for a temporary entry beside the others in a folder.
+fn temp_name() -> Result<OsString> {
+    let mut r = [0u8; 8];
+    dbox_store::crypto::fill_random(&mut r)?;
+    Ok(OsString::from(format!(".dbox-restore-{}.tmp", hex::encode(r))))
+}
+
+/// A file being written in a folder, not yet at its place.
+pub(crate) struct NewFile {
+    pub file: File,
+    /// `None` for an unnamed file.
+    temp: Option<OsString>,
+}
+
+/// Whether unnamed files can be linked into place here (through
+/// `/proc/self/fd`, which needs no privilege).
+fn unnamed_files() -> bool {
+    static PROC: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    cfg!(any(target_os = "linux", target_os = "android"))
+        && *PROC.get_or_init(|| Path::new("/proc/self/fd").is_dir())
+}
+
+impl NewFile {
+    /// Creates a file in `p`'s folder with permissions `mode` (less the
+    /// umask), unnamed when `unnamed` and the system allows.
+    pub fn create(p: &Place, mode: u32, unnamed: bool) -> Result<NewFile> {
+        let mode = Mode::from_raw_mode(mode);
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        if unnamed && unnamed_files() {
+            let flags = OFlags::TMPFILE | OFlags::WRONLY | OFlags::CLOEXEC;
+            match rfs::openat(&*p.dir, ".", flags, mode) {
+                Ok(fd) => return Ok(NewFile { file: File::from(fd), temp: None }),
+                // Not supported by this file system or kernel: named.
+                Err(Errno::OPNOTSUPP | Errno::ISDIR | Errno::INVAL) => {}
+                Err(e) => return Err(io("create", &p.abs)(e)),
+            }
+        }
+        let _ = unnamed;
+        let temp = temp_name()?;
+        let flags = OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let fd = rfs::openat(&*p.dir, &temp, flags, mode).map_err(io("create", &p.dir_path(&temp)))?;
+        Ok(NewFile { file: File::from(fd), temp: Some(temp) })
+    }
+
+    /// Links the finished file at `p` if nothing is there; `Ok(false)` if
+    /// something is.
+    pub fn link(&self, p: &Place) -> Result<bool> {
+        let linked = match &self.temp {
+            None => {
+                let me = format!("/proc/self/fd/{}", self.file.as_fd().as_raw_fd());
+                rfs::linkat(rfs::CWD, me.as_str(), &*p.dir, &p.name, AtFlags::SYMLINK_FOLLOW)
+            }
+            Some(t) => {
+                let r = rfs::linkat(&*p.dir, t, &*p.dir, &p.name, AtFlags::empty());
+                let _ = rfs::unlinkat(&*p.dir, t, AtFlags::empty());
+                r
+            }
+        };
+        match linked {
+            Ok(()) => Ok(true),
+            Err(Errno::EXIST) => Ok(false),
+            Err(e) => Err(io("link", &p.abs)(e)),
+        }
+    }
+
+    /// Puts the finished file at `p`, replacing what is there (a folder
+    /// with all it holds).
+    pub fn replace(&self, p: &Place) -> Result<()> {
+        match &self.temp {
+            Some(t) => rename_over(p, t),
+            None => {
+                // Unnamed: give it a temporary name first.
+                let t = temp_name()?;
+                let me = format!("/proc/self/fd/{}", self.file.as_fd().as_raw_fd());
+                rfs::linkat(rfs::CWD, me.as_str(), &*p.dir, &t, AtFlags::SYMLINK_FOLLOW)
+                    .map_err(io("link", &p.dir_path(&t)))?;
+                rename_over(p, &t)
+            }
+        }
+    }
+
+    /// Removes the temporary name of a file that will not be placed.
+    pub fn discard(&self, p: &Place) {
+        if let Some(t) = &self.temp {
+            let _ = rfs::unlinkat(&*p.dir, t, AtFlags::empty());
+        }
+    }
+}
+
+/// Makes a symbolic link at `p` if nothing is there; `Ok(false)` if
+/// something is.
+pub(crate) fn link_new(p: &Place, target: &[u8]) -> Result<bool> {
+    match rfs::symlinkat(OsStr::from_bytes(target), &*p.dir, &p.name) {
+        Ok(()) => Ok(true),
+        Err(Errno::EXIST) => Ok(false),
+        Err(e) => Err(io("create link", &p.abs)(e)),
+    }
+}
+
+/// Makes a symbolic link at `p`, replacing what is there.
+pub(crate) fn link_over(p: &Place, target: &[u8]) -> Result<()> {
+    let t = temp_name()?;
+    rfs::symlinkat(OsStr::from_bytes(target), &*p.dir, &t).map_err(io("create link", &p.dir_path(&t)))?;
+    rename_over(p, &t)
+}
+
+/// Renames the temporary entry `t` of `p`'s folder to `p`, after removing a
+/// folder there (a rename cannot replace one with a file).
+fn rename_over(p: &Place, t: &OsStr) -> Result<()> {
+    let result = (|| {
+        if let Some((kind, _)) = kind_at(p)? {
+            if kind == FileType::Directory {
+                remove(p)?;
+            }
+        }
+        rfs::renameat(&*p.dir, t, &*p.dir, &p.name).map_err(io("rename", &p.dir_path(t)))
+    })();
+    if result.is_err() {
+        let _ = rfs::unlinkat(&*p.dir, t, AtFlags::empty());
+    }
+    result
+}
+
+impl Place {
+    /// The full path of another entry in this place's folder.
+    fn dir_path(&self, name: &OsStr) -> PathBuf {
+        self.abs.parent().map(|d| d.join(name)).unwrap_or_else(|| PathBuf::from(name))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_link_where_a_folder_belongs_is_refused_and_nothing_is_written_through_it() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let outside = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(t.path().join("a")).expect("mkdir");
+        std::os::unix::fs::symlink(outside.path(), t.path().join("a/b")).expect("symlink");
+        std::fs::write(t.path().join("f"), b"x").expect("write");
+        let folders = Folders::open(t.path()).expect("open");
+        for path in [&b"a/b/c"[..], b"a/b/c/d", b"f/g"] {
+            match folders.place(path) {
+                Err(RepoError::UnsafePath { path: p, reason }) => {
+                    assert_eq!(p, display(path));
+                    assert!(reason.ends_with("is not a folder"), "{reason}");
+                }
+                Err(e) => panic!("{}: {e}", display(path)),
+                Ok(_) => panic!("{}: a place through a link", display(path)),
+            }
+        }
+        assert_eq!(std::fs::read_dir(outside.path()).expect("read_dir").count(), 0);
+    }
+
+    #[test]
+    fn a_new_file_is_linked_only_where_nothing_is_and_leaves_no_temporary_name() {
+        let t = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(t.path().join("d")).expect("mkdir");
+        std::fs::write(t.path().join("d/taken"), b"mine").expect("write");
+        let folders = Folders::open(t.path()).expect("open");
+        for unnamed in [true, false] {
+            let free = folders.place(if unnamed { b"d/free1" } else { b"d/free2" }).expect("place");
+            let mut f = NewFile::create(&free, 0o666, unnamed).expect("create");
+            std::io::Write::write_all(&mut f.file, b"new").expect("write");
+            assert!(f.link(&free).expect("link"));
+            let taken = folders.place(b"d/taken").expect("place");
+            let f = NewFile::create(&taken, 0o666, unnamed).expect("create");
+            assert!(!f.link(&taken).expect("link"));
+        }
+        assert_eq!(std::fs::read(t.path().join("d/taken")).expect("read"), b"mine");
+        assert_eq!(std::fs::read(t.path().join("d/free1")).expect("read"), b"new");
+        assert_eq!(std::fs::read(t.path().join("d/free2")).expect("read"), b"new");
+        let mut names: Vec<_> = std::fs::read_dir(t.path().join("d"))
+            .expect("read_dir")
+            .map(|e| e.expect("entry").file_name().into_string().expect("utf-8"))
+            .collect();
+        names.sort();
+        assert_eq!(names, ["free1", "free2", "taken"]);
+    }
+
+    #[test]
+    fn replacing_puts_a_file_or_link_over_a_file_a_link_or_a_folder() {
+        let t = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(t.path().join("dir/inner")).expect("mkdir");
+        std::fs::write(t.path().join("file"), b"old").expect("write");
+        std::os::unix::fs::symlink("/nonexistent", t.path().join("link")).expect("symlink");
+        let folders = Folders::open(t.path()).expect("open");
+        for (i, name) in [&b"dir"[..], b"file", b"link"].into_iter().enumerate() {
+            let p = folders.place(name).expect("place");
+            let mut f = NewFile::create(&p, 0o644, i % 2 == 0).expect("create");
+            std::io::Write::write_all(&mut f.file, name).expect("write");
+            f.replace(&p).expect("replace");
+            assert_eq!(std::fs::read(&p.abs).expect("read"), name);
+            link_over(&p, b"target").expect("link over");
+            assert_eq!(std::fs::read_link(&p.abs).expect("readlink"), Path::new("target"));
+        }
+        assert_eq!(std::fs::read_dir(t.path()).expect("read_dir").count(), 3);
+    }
+}
