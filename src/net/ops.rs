@@ -531,16 +531,21 @@ impl crate::materialize::Feed for CloneFeed {
             // Read before looking: once set, everything that came is stored.
             let finished = self.done.load(std::sync::atomic::Ordering::SeqCst);
             let mut all = true;
+            let mut missing = None;
             for id in ids {
                 if !self.arrived.has(id) && !self.store.contains(id)? {
                     all = false;
+                    missing = Some(id);
                     break;
                 }
             }
             if all || finished {
                 return Ok(all);
             }
-            std::thread::sleep(READY_POLL);
+            // Awaited: the storing thread does not wait for room meanwhile.
+            if let Some(id) = missing {
+                self.arrived.wait_for(id, READY_POLL);
+            }
         }
     }
 
@@ -563,6 +568,13 @@ impl crate::materialize::Feed for CloneFeed {
                 r => return r.map_err(Into::into),
             }
         }
+    }
+}
+
+impl Drop for CloneFeed {
+    fn drop(&mut self) {
+        // The checkout ended (done, failed or given up): nobody takes.
+        self.arrived.close();
     }
 }
 
