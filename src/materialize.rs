@@ -176,6 +176,74 @@ fn holds_only_dot_dir(root: &Path) -> Result<bool> {
     Ok(true)
 }
 
+/// Bytes a file is written in at once, at least: whole blocks of
+/// [`BLOCK`], so that no write ends inside a new block (the file system
+/// zeroes the rest of such a block first, only for the next write to fill
+/// it: 0.2 CPU-s of a clone of `mixed`), in few system calls.
+const WRITE_BATCH: usize = 1 << 20;
+/// The block size [`WRITE_BATCH`] keeps writes aligned to (the page size;
+/// a multiple of most file systems' blocks).
+const BLOCK: usize = 4096;
+
+/// Chunks of a file not yet written, in order.
+#[derive(Default)]
+struct Batch {
+    parts: std::collections::VecDeque<Vec<u8>>,
+    /// Bytes of the first part already written.
+    skip: usize,
+    /// Bytes not yet written.
+    len: usize,
+}
+
+impl Batch {
+    fn push(&mut self, part: Vec<u8>) {
+        self.len += part.len();
+        self.parts.push_back(part);
+    }
+
+    /// Writes the first `n` bytes (at most [`Batch::len`]) with as few
+    /// calls as the system allows.
+    fn write(&mut self, mut f: &std::fs::File, mut n: usize) -> std::io::Result<()> {
+        /// Slices per call, below every system's IOV_MAX.
+        const SLICES: usize = 512;
+        n = n.min(self.len);
+        while n > 0 {
+            let mut slices = Vec::with_capacity(self.parts.len().min(SLICES));
+            let mut left = n;
+            for (i, p) in self.parts.iter().enumerate().take(SLICES) {
+                let s = if i == 0 { &p[self.skip..] } else { &p[..] };
+                let s = &s[..s.len().min(left)];
+                left -= s.len();
+                slices.push(std::io::IoSlice::new(s));
+                if left == 0 {
+                    break;
+                }
+            }
+            let mut w = match f.write_vectored(&slices) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(w) => w,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            n -= w;
+            self.len -= w;
+            while w > 0 {
+                let Some(first) = self.parts.front() else { break };
+                let rest = first.len() - self.skip;
+                if w >= rest {
+                    self.parts.pop_front();
+                    self.skip = 0;
+                    w -= rest;
+                } else {
+                    self.skip += w;
+                    w = 0;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 fn to_system_time(ns: i64) -> SystemTime {
     if ns >= 0 {
         UNIX_EPOCH + Duration::from_nanos(ns as u64)
@@ -234,7 +302,7 @@ fn write_entry(
             };
             let new = NewFile::create(&place, if *executable { 0o777 } else { 0o666 }, keep)?;
             let result = (|| -> Result<()> {
-                let mut f = &new.file;
+                let f = &new.file;
                 if let Some(old) = old_mode {
                     let exec = if *executable { (old & 0o444) >> 2 } else { 0 };
                     let mode = (old & 0o666) | exec;
@@ -242,6 +310,7 @@ fn write_entry(
                         .map_err(RepoError::io("set permissions of", dest))?;
                 }
                 let mut written = 0u64;
+                let mut batch = Batch::default();
                 for id in chunks {
                     let data = match feed {
                         Some(feed) => feed.chunk(store, id)?,
@@ -255,8 +324,14 @@ fn write_entry(
                             reason: format!("its chunks hold more than the {size} bytes the version says"),
                         });
                     }
-                    f.write_all(&data).map_err(RepoError::io("write", dest))?;
+                    batch.push(data);
+                    if batch.len >= WRITE_BATCH {
+                        batch
+                            .write(f, batch.len - batch.len % BLOCK)
+                            .map_err(RepoError::io("write", dest))?;
+                    }
                 }
+                batch.write(f, batch.len).map_err(RepoError::io("write", dest))?;
                 if written != *size {
                     return Err(RepoError::Damaged {
                         path: dest.clone(),
@@ -749,3 +824,43 @@ type Written = Vec<(Vec<u8>, Option<Stat>)>;
 
 /// Threads that write files during a restore or checkout.
 const WRITE_THREADS: usize = 2;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Whatever the chunk sizes and however the writes are cut, the
+        /// file holds the chunks in order, and a cut at a block boundary
+        /// leaves the rest unwritten.
+        #[test]
+        fn a_batch_writes_its_chunks_in_order(
+            sizes in proptest::collection::vec(0usize..20_000, 0..40),
+            cuts in proptest::collection::vec(0usize..50_000, 0..6),
+        ) {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let path = dir.path().join("f");
+            let f = std::fs::File::create(&path).expect("create");
+            let mut expected = Vec::new();
+            let mut batch = Batch::default();
+            for (i, n) in sizes.iter().enumerate() {
+                let part: Vec<u8> = (0..*n).map(|j| (i * 7 + j) as u8).collect();
+                expected.extend_from_slice(&part);
+                batch.push(part);
+            }
+            let mut done = 0;
+            for c in cuts {
+                let n = (c - c % BLOCK).min(batch.len);
+                batch.write(&f, n).expect("write");
+                done += n;
+                prop_assert_eq!(batch.len, expected.len() - done);
+                prop_assert_eq!(std::fs::read(&path).expect("read"), &expected[..done]);
+            }
+            batch.write(&f, batch.len).expect("write");
+            prop_assert_eq!(batch.len, 0);
+            prop_assert_eq!(std::fs::read(&path).expect("read"), expected);
+        }
+    }
+}
