@@ -500,7 +500,20 @@ pub(crate) fn settle_fresh(
     outcome: Outcome,
 ) -> Result<Outcome> {
     let _w = repo.lock_writer()?;
-    settle(repo, version, &Cache::default(), target, outcome)
+    repo.set_head(version)?;
+    // Every path was written here, each file with the stat taken through it
+    // once in place, so the tree is not scanned again: a change since then
+    // changed the file's ctime, and the entry is not trusted.
+    let mut cache = Cache { head: Some(*version), written_ns: 0, entries: HashMap::new() };
+    for (p, e) in target {
+        let stat = outcome.written_stats.get(&p).cloned();
+        cache.entries.insert(p, CacheEntry { content: e.content, stat });
+    }
+    let mut outcome = outcome;
+    if let Err(e) = cache.save(&repo.dot_dir().join("cache")) {
+        outcome.warnings.push(format!("could not save the stat cache (only a speed-up): {e}"));
+    }
+    Ok(outcome)
 }
 
 /// Removes what [`checkout_fresh`] wrote, after the transfer failed: files

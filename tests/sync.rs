@@ -213,6 +213,16 @@ fn invite_clone_push_pull_and_the_working_tree_rules() -> TestResult {
     assert_eq!(std::fs::read(rb.join("photo.raw"))?, common::bytes(7, 3 << 20));
     assert_eq!(std::fs::read_to_string(rb.join("notes/plan.md"))?, "one\ntwo\n");
     assert!(!rb.join(".dbox/cloning").exists(), "a finished clone leaves no mark");
+    // The stat cache the clone recorded (without scanning its tree again):
+    // clean, and an edit that keeps the size is still seen.
+    let st = b.ok(&rb, &["status"])?;
+    assert!(st.stdout.contains("Nothing changed"), "{st:?}");
+    let mut photo = common::bytes(7, 3 << 20);
+    photo[1 << 20] ^= 1;
+    std::fs::write(rb.join("photo.raw"), &photo)?;
+    let st = b.ok(&rb, &["status"])?;
+    assert!(st.stdout.contains("M photo.raw"), "{st:?}");
+    std::fs::write(rb.join("photo.raw"), common::bytes(7, 3 << 20))?;
     assert!(server.log().contains("joined with an invitation"), "{}", server.log());
     // Both know the other as a member now.
     let list = json(&b.ok(&rb, &["peer", "list", "--json"])?)?;
