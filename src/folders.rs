@@ -11,7 +11,16 @@
 //! [`RepoError::UnsafePath`]; nothing is ever written through a link.
 //!
 //! Handles are kept in a bounded map (entries come in path order, so
-//! siblings share them), far below the default limit of 1,024 open files.
+//! siblings share them) of [`MAX_OPEN`], or a quarter of the open files
+//! the process may have if that is less; when the system says too many
+//! files are open all the same, the map is emptied and the open tried
+//! again. Each folder
+//! opened is remembered with its identity (device and inode), so that
+//! [`Folders::moved`] can tell, after a long write, whether some folder was
+//! moved or replaced meanwhile (the handles follow the folder, not the
+//! path). Removing a folder with what it holds also goes through handles.
+//! A path longer than the system takes ([`libc::PATH_MAX`]) is refused:
+//! written through handles it could be made, but nothing could read it.
 //!
 //! A new file that must not replace anything (a fresh checkout) is written
 //! as an unnamed file (`O_TMPFILE`) and linked into place only when
@@ -35,7 +44,13 @@ use crate::error::{RepoError, Result};
 use crate::worktree::{abs_path, display};
 
 /// Handles kept open at most; the map is emptied when it is full.
-const MAX_OPEN: usize = 256;
+const MAX_OPEN: usize = 64;
+
+/// [`MAX_OPEN`], or a quarter of the process's limit of open files.
+fn max_open() -> usize {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+    limit.map_or(MAX_OPEN, |l| usize::try_from(l / 4).unwrap_or(MAX_OPEN).clamp(1, MAX_OPEN))
+}
 
 /// Flags of a folder handle: never through a link, only a folder.
 fn dir_flags() -> OFlags {
@@ -64,6 +79,10 @@ pub(crate) struct Folders {
     root: PathBuf,
     root_fd: Arc<OwnedFd>,
     open: Mutex<HashMap<Vec<u8>, Arc<OwnedFd>>>,
+    /// Handles kept at most ([`max_open`]).
+    max_open: usize,
+    /// Every folder opened, with its device and inode then.
+    seen: Mutex<HashMap<Vec<u8>, (u64, u64)>>,
 }
 
 /// Where an entry goes: its folder's handle and its name in it.
@@ -79,7 +98,13 @@ impl Folders {
     /// user's choice).
     pub fn open(root: &Path) -> Result<Folders> {
         let fd = rfs::open(root, dir_flags() - OFlags::NOFOLLOW, Mode::empty()).map_err(io("open", root))?;
-        Ok(Folders { root: root.to_path_buf(), root_fd: Arc::new(fd), open: Mutex::new(HashMap::new()) })
+        Ok(Folders {
+            root: root.to_path_buf(),
+            root_fd: Arc::new(fd),
+            open: Mutex::new(HashMap::new()),
+            max_open: max_open(),
+            seen: Mutex::new(HashMap::new()),
+        })
     }
 
     /// The folder `dir` (a tree path, "" for the root), opened through each
@@ -94,9 +119,16 @@ impl Folders {
         }
         let (parent, name) = split(dir);
         let parent_fd = self.folder(entry, parent)?;
-        let fd = match rfs::openat(&*parent_fd, name, dir_flags(), Mode::empty()) {
+        let mut opened = rfs::openat(&*parent_fd, name, dir_flags(), Mode::empty());
+        if matches!(opened, Err(Errno::MFILE | Errno::NFILE)) {
+            // Ours may be what fills the table: let them go and try again.
+            self.open.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            opened = rfs::openat(&*parent_fd, name, dir_flags(), Mode::empty());
+        }
+        let fd = match opened {
             Ok(fd) => Arc::new(fd),
-            Err(Errno::NOTDIR | Errno::LOOP) => {
+            // FreeBSD says EMLINK for a link opened with O_NOFOLLOW.
+            Err(Errno::NOTDIR | Errno::LOOP | Errno::MLINK) => {
                 return Err(RepoError::UnsafePath {
                     path: display(entry),
                     reason: format!("{} is not a folder", display(dir)),
@@ -104,8 +136,10 @@ impl Folders {
             }
             Err(e) => return Err(io("open folder", &abs_path(&self.root, dir))(e)),
         };
+        let st = rfs::fstat(&*fd).map_err(io("stat", &abs_path(&self.root, dir)))?;
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).insert(dir.to_vec(), identity(&st));
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        if open.len() >= MAX_OPEN {
+        if open.len() >= self.max_open {
             open.clear();
         }
         open.insert(dir.to_vec(), fd.clone());
@@ -114,16 +148,46 @@ impl Folders {
 
     /// Where `path` goes, its folders checked.
     pub fn place(&self, path: &[u8]) -> Result<Place> {
+        let abs = abs_path(&self.root, path);
+        if abs.as_os_str().len() >= libc::PATH_MAX as usize {
+            return Err(RepoError::UnsafePath {
+                path: display(path),
+                reason: format!("longer than the {} bytes a path may have here", libc::PATH_MAX),
+            });
+        }
         let (dir, name) = split(path);
-        Ok(Place { dir: self.folder(path, dir)?, name: name.to_os_string(), abs: abs_path(&self.root, path) })
+        Ok(Place { dir: self.folder(path, dir)?, name: name.to_os_string(), abs })
+    }
+
+    /// The first folder opened so far that is no longer at its path (moved,
+    /// removed, or replaced by a link or another folder), if any.
+    pub fn moved(&self) -> Option<Vec<u8>> {
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let mut paths: Vec<&Vec<u8>> = seen.keys().collect();
+        // Parents first: a moved parent is the one to name.
+        paths.sort_by_key(|p| (p.iter().filter(|b| **b == b'/').count(), *p));
+        paths
+            .into_iter()
+            .find(|p| {
+                let now = rfs::statat(&*self.root_fd, OsStr::from_bytes(p), AtFlags::SYMLINK_NOFOLLOW);
+                !now.is_ok_and(|st| identity(&st) == seen[*p])
+            })
+            .cloned()
     }
 
     /// Forgets the handle of `dir` and of everything under it (after it was
     /// removed or replaced).
     pub fn forget(&self, dir: &[u8]) {
-        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        open.retain(|k, _| !(k == dir || (k.starts_with(dir) && k.get(dir.len()) == Some(&b'/'))));
+        let under = |k: &Vec<u8>| k == dir || (k.starts_with(dir) && k.get(dir.len()) == Some(&b'/'));
+        self.open.lock().unwrap_or_else(|p| p.into_inner()).retain(|k, _| !under(k));
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).retain(|k, _| !under(k));
     }
+}
+
+/// A file's device and inode (their types differ between systems).
+#[allow(clippy::unnecessary_cast)]
+fn identity(st: &rfs::Stat) -> (u64, u64) {
+    (st.st_dev as u64, st.st_ino as u64)
 }
 
 /// What is at a place, without following a link; `None` if nothing.
@@ -151,11 +215,44 @@ pub(crate) fn remove(p: &Place) -> Result<()> {
         None => Ok(()),
         // Rare (a folder replaced by a file): by path, the folder's own
         // handle having been checked.
-        Some((FileType::Directory, _)) => {
-            std::fs::remove_dir_all(&p.abs).map_err(RepoError::io("remove", &p.abs))
-        }
+        Some((FileType::Directory, _)) => remove_tree(&p.dir, &p.name, &p.abs),
         Some(_) => rfs::unlinkat(&*p.dir, &p.name, AtFlags::empty()).map_err(io("remove", &p.abs)),
     }
+}
+
+/// Removes an empty folder.
+pub(crate) fn remove_empty_dir(p: &Place) -> Result<()> {
+    rfs::unlinkat(&*p.dir, &p.name, AtFlags::REMOVEDIR).map_err(io("remove", &p.abs))
+}
+
+/// Removes the folder `name` of `dir` with all it holds, through handles
+/// (a folder in it replaced by a link meanwhile is removed as a link, never
+/// followed).
+fn remove_tree(dir: &OwnedFd, name: &OsStr, abs: &Path) -> Result<()> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let fd = rfs::openat(dir, name, flags, Mode::empty()).map_err(io("open folder", abs))?;
+    let mut names = Vec::new();
+    for entry in rfs::Dir::read_from(&fd).map_err(io("read", abs))? {
+        let entry = entry.map_err(io("read", abs))?;
+        let n = entry.file_name().to_bytes();
+        if n != b"." && n != b".." {
+            names.push((OsString::from(OsStr::from_bytes(n)), entry.file_type()));
+        }
+    }
+    for (n, t) in names {
+        let is_dir = match t {
+            FileType::Directory => true,
+            FileType::Unknown => rfs::statat(&fd, &n, AtFlags::SYMLINK_NOFOLLOW)
+                .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Directory),
+            _ => false,
+        };
+        if is_dir {
+            remove_tree(&fd, &n, &abs.join(&n))?;
+        } else {
+            rfs::unlinkat(&fd, &n, AtFlags::empty()).map_err(io("remove", &abs.join(&n)))?;
+        }
+    }
+    rfs::unlinkat(dir, name, AtFlags::REMOVEDIR).map_err(io("remove", abs))
 }
 
 /// A name for a temporary entry beside the others in a folder.
@@ -174,6 +271,7 @@ pub(crate) struct NewFile {
 
 /// Whether unnamed files can be linked into place here (through
 /// `/proc/self/fd`, which needs no privilege).
+#[cfg(any(target_os = "linux", target_os = "android"))]
 fn unnamed_files() -> bool {
     static PROC: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     cfg!(any(target_os = "linux", target_os = "android"))
@@ -337,6 +435,49 @@ mod tests {
             .collect();
         names.sort();
         assert_eq!(names, ["free1", "free2", "taken"]);
+    }
+
+    #[test]
+    fn a_folder_moved_or_replaced_by_a_link_after_it_was_opened_is_found() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let outside = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(t.path().join("a/b")).expect("mkdir");
+        std::fs::create_dir_all(t.path().join("c")).expect("mkdir");
+        let folders = Folders::open(t.path()).expect("open");
+        folders.place(b"a/b/f").expect("place");
+        folders.place(b"c/f").expect("place");
+        assert_eq!(folders.moved(), None);
+        std::fs::rename(t.path().join("a/b"), outside.path().join("b")).expect("move");
+        std::os::unix::fs::symlink(outside.path(), t.path().join("a/b")).expect("symlink");
+        assert_eq!(folders.moved(), Some(b"a/b".to_vec()));
+    }
+
+    #[test]
+    fn removing_a_folder_removes_what_it_holds_but_never_follows_a_link() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let outside = tempfile::tempdir().expect("tempdir");
+        std::fs::write(outside.path().join("precious"), b"x").expect("write");
+        std::fs::create_dir_all(t.path().join("d/e/f")).expect("mkdir");
+        std::fs::write(t.path().join("d/e/f/g"), b"g").expect("write");
+        std::os::unix::fs::symlink(outside.path(), t.path().join("d/e/link")).expect("symlink");
+        let folders = Folders::open(t.path()).expect("open");
+        remove(&folders.place(b"d").expect("place")).expect("remove");
+        assert!(!t.path().join("d").exists());
+        assert!(outside.path().join("precious").exists());
+    }
+
+    #[test]
+    fn a_path_longer_than_the_system_takes_is_refused() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let folders = Folders::open(t.path()).expect("open");
+        let long: Vec<u8> = std::iter::repeat_n(b"n".repeat(200), 25).collect::<Vec<_>>().join(&b'/');
+        match folders.place(&long) {
+            Err(RepoError::UnsafePath { reason, .. }) => {
+                assert!(reason.contains("bytes a path may have"), "{reason}")
+            }
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("a place for a path of {} bytes", long.len()),
+        }
     }
 
     #[test]

@@ -147,24 +147,6 @@ fn unseen_under(
     Ok(None)
 }
 
-/// Checks that every parent of `path` under `root` is a real directory.
-fn check_parents(root: &Path, path: &[u8]) -> Result<()> {
-    for a in ancestors(path) {
-        let p = abs_path(root, a);
-        match std::fs::symlink_metadata(&p) {
-            Ok(m) if m.file_type().is_dir() => {}
-            Ok(_) => {
-                return Err(RepoError::UnsafePath {
-                    path: display(path),
-                    reason: format!("{} is not a folder", display(a)),
-                })
-            }
-            Err(e) => return Err(RepoError::io("stat", &p)(e)),
-        }
-    }
-    Ok(())
-}
-
 /// Whether `root` holds nothing but the `.dbox` folder.
 fn holds_only_dot_dir(root: &Path) -> Result<bool> {
     for entry in std::fs::read_dir(root).map_err(RepoError::io("read", root))? {
@@ -717,18 +699,24 @@ fn apply(
     }
     // Deepest first, files before the folders that hold them.
     deletes.sort_by_key(|p| std::cmp::Reverse((p.iter().filter(|b| **b == b'/').count(), p.clone())));
+    let folders = Folders::open(root)?;
     for p in &deletes {
-        let abs = abs_path(root, p);
-        check_parents(root, p)?;
-        match std::fs::symlink_metadata(&abs) {
-            Ok(m) if m.file_type().is_dir() => {
-                if std::fs::remove_dir(&abs).is_err() {
+        let place = match folders.place(p) {
+            Ok(place) => place,
+            // Its folder is gone already (removed with its parent).
+            Err(RepoError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        match folders::kind_at(&place)? {
+            Some((FileType::Directory, _)) => {
+                if folders::remove_empty_dir(&place).is_err() {
                     out.warnings.push(format!("kept folder {}: it holds files no version has", display(p)));
                     continue;
                 }
+                folders.forget(p);
             }
-            Ok(_) => std::fs::remove_file(&abs).map_err(RepoError::io("remove", &abs))?,
-            Err(_) => continue,
+            Some(_) => folders::remove(&place)?,
+            None => continue,
         }
         out.deleted.push(p.clone());
     }
@@ -745,7 +733,6 @@ fn apply(
     // not write; its caller then runs a checkout, which plans again.
     let fresh = ready.is_some();
     let incomplete = std::sync::atomic::AtomicBool::new(false);
-    let folders = Folders::open(root)?;
     for p in dirs {
         match write_entry(store, ready, &folders, p, &target[p], fresh) {
             Ok(Wrote::Done(_)) => out.written.push(p.clone()),
@@ -826,6 +813,11 @@ fn apply(
     }
     out.written.sort();
     out.incomplete |= incomplete.load(std::sync::atomic::Ordering::Relaxed);
+    // The handles follow a folder moved away meanwhile (by the user, in a
+    // folder they may already use): what went there is not in the tree.
+    if fresh && !out.incomplete && folders.moved().is_some() {
+        out.incomplete = true;
+    }
     match first_err {
         Some(e) => Err(e),
         None => Ok(out),

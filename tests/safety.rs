@@ -330,3 +330,35 @@ fn commit_killed_at_random_moments_loses_nothing() -> TestResult {
     assert!(!versions.is_empty());
     Ok(())
 }
+
+/// Restore and checkout keep folder handles open while they write: with
+/// few open files allowed (under the 256 some systems give), a tree of
+/// hundreds of folders is still written.
+#[test]
+fn a_tree_of_many_folders_is_written_with_few_open_files_allowed() -> TestResult {
+    let env = TestEnv::new()?;
+    let repo = env.repo("r")?;
+    for i in 0..400 {
+        let d = repo.join(format!("d{i:03}/e"));
+        std::fs::create_dir_all(&d)?;
+        std::fs::write(d.join("f"), format!("{i}\n"))?;
+    }
+    env.commit(&repo, "many folders")?;
+    let out = env.path("out");
+    let mut c = env.command(&repo, &[]);
+    let dbox = c.get_program().to_owned();
+    c = std::process::Command::new("sh");
+    c.arg("-c")
+        .arg("ulimit -n 48 && exec \"$0\" \"$@\"")
+        .arg(&dbox)
+        .args(["restore", "--to"])
+        .arg(&out)
+        .current_dir(&repo)
+        .env("DBOX_HOME", &env.home);
+    let r = c.output()?;
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    for i in [0, 199, 399] {
+        assert_eq!(std::fs::read_to_string(out.join(format!("d{i:03}/e/f")))?, format!("{i}\n"));
+    }
+    Ok(())
+}
