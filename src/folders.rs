@@ -14,11 +14,11 @@
 //! siblings share them) of [`MAX_OPEN`], or a quarter of the open files
 //! the process may have if that is less; when the system says too many
 //! files are open all the same, the map is emptied and the open tried
-//! again. Each folder
-//! opened is remembered with its identity (device and inode), so that
-//! [`Folders::moved`] can tell, after a long write, whether some folder was
-//! moved or replaced meanwhile (the handles follow the folder, not the
-//! path). Removing a folder with what it holds also goes through handles.
+//! again. Each folder opened is remembered with its identity (device and
+//! inode), so that [`Folders::moved`] can tell, after a long write, whether
+//! some folder was moved or replaced meanwhile (the handles follow the
+//! folder, not the path). Removing a folder with what it holds also goes
+//! through handles.
 //! A path longer than the system takes ([`libc::PATH_MAX`]) is refused:
 //! written through handles it could be made, but nothing could read it.
 //!
@@ -213,8 +213,6 @@ pub(crate) fn make_dir(p: &Place) -> Result<bool> {
 pub(crate) fn remove(p: &Place) -> Result<()> {
     match kind_at(p)? {
         None => Ok(()),
-        // Rare (a folder replaced by a file): by path, the folder's own
-        // handle having been checked.
         Some((FileType::Directory, _)) => remove_tree(&p.dir, &p.name, &p.abs),
         Some(_) => rfs::unlinkat(&*p.dir, &p.name, AtFlags::empty()).map_err(io("remove", &p.abs)),
     }
@@ -274,8 +272,7 @@ pub(crate) struct NewFile {
 #[cfg(any(target_os = "linux", target_os = "android"))]
 fn unnamed_files() -> bool {
     static PROC: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    cfg!(any(target_os = "linux", target_os = "android"))
-        && *PROC.get_or_init(|| Path::new("/proc/self/fd").is_dir())
+    *PROC.get_or_init(|| Path::new("/proc/self/fd").is_dir())
 }
 
 impl NewFile {
@@ -304,10 +301,7 @@ impl NewFile {
     /// something is.
     pub fn link(&self, p: &Place) -> Result<bool> {
         let linked = match &self.temp {
-            None => {
-                let me = format!("/proc/self/fd/{}", self.file.as_fd().as_raw_fd());
-                rfs::linkat(rfs::CWD, me.as_str(), &*p.dir, &p.name, AtFlags::SYMLINK_FOLLOW)
-            }
+            None => self.link_unnamed(p, &p.name),
             Some(t) => {
                 let r = rfs::linkat(&*p.dir, t, &*p.dir, &p.name, AtFlags::empty());
                 let _ = rfs::unlinkat(&*p.dir, t, AtFlags::empty());
@@ -329,12 +323,17 @@ impl NewFile {
             None => {
                 // Unnamed: give it a temporary name first.
                 let t = temp_name()?;
-                let me = format!("/proc/self/fd/{}", self.file.as_fd().as_raw_fd());
-                rfs::linkat(rfs::CWD, me.as_str(), &*p.dir, &t, AtFlags::SYMLINK_FOLLOW)
-                    .map_err(io("link", &p.dir_path(&t)))?;
+                self.link_unnamed(p, &t).map_err(io("link", &p.dir_path(&t)))?;
                 rename_over(p, &t)
             }
         }
+    }
+
+    /// Gives the unnamed file the name `name` in `p`'s folder (through
+    /// `/proc/self/fd`, which needs no privilege).
+    fn link_unnamed(&self, p: &Place, name: &OsStr) -> rustix::io::Result<()> {
+        let me = format!("/proc/self/fd/{}", self.file.as_fd().as_raw_fd());
+        rfs::linkat(rfs::CWD, me.as_str(), &*p.dir, name, AtFlags::SYMLINK_FOLLOW)
     }
 
     /// Removes the temporary name of a file that will not be placed.
@@ -366,10 +365,8 @@ pub(crate) fn link_over(p: &Place, target: &[u8]) -> Result<()> {
 /// folder there (a rename cannot replace one with a file).
 fn rename_over(p: &Place, t: &OsStr) -> Result<()> {
     let result = (|| {
-        if let Some((kind, _)) = kind_at(p)? {
-            if kind == FileType::Directory {
-                remove(p)?;
-            }
+        if let Some((FileType::Directory, _)) = kind_at(p)? {
+            remove_tree(&p.dir, &p.name, &p.abs)?;
         }
         rfs::renameat(&*p.dir, t, &*p.dir, &p.name).map_err(io("rename", &p.dir_path(t)))
     })();

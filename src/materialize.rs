@@ -19,11 +19,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-
-use rustix::fs::FileType;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dbox_store::{ObjectId, Store, VersionId};
+use rustix::fs::FileType;
 
 use crate::cache::{Cache, CacheEntry, Content};
 use crate::error::{RepoError, Result};
@@ -235,8 +234,13 @@ fn to_system_time(ns: i64) -> SystemTime {
 }
 
 /// Writes one entry. For a file, returns its stat taken through the written
-/// file. With `keep` (a fresh checkout), nothing already at the path is
-/// replaced: the entry is then [`Wrote::Occupied`].
+/// file's own handle once in place: an edit by anyone else afterwards
+/// changes at least its ctime, so the stat cache never trusts it.
+///
+/// With `keep` (a fresh checkout), nothing already at the path is replaced
+/// or removed (a folder there is fine for a folder): the entry is then
+/// [`Wrote::Occupied`]. Each step that puts something at the path fails
+/// atomically if something is there (`mkdirat`, `symlinkat`, `linkat`).
 fn write_entry(
     store: &Store,
     feed: Option<&dyn Feed>,
@@ -491,11 +495,15 @@ pub(crate) fn settle_fresh(
         let stat = outcome.written_stats.get(&p).cloned();
         cache.entries.insert(p, CacheEntry { content: e.content, stat });
     }
-    let mut outcome = outcome;
+    Ok(save_cache(repo, cache, outcome))
+}
+
+/// Saves the stat cache; failing is only a warning (it is a speed-up).
+fn save_cache(repo: &Repo, mut cache: Cache, mut outcome: Outcome) -> Outcome {
     if let Err(e) = cache.save(&repo.dot_dir().join("cache")) {
         outcome.warnings.push(format!("could not save the stat cache (only a speed-up): {e}"));
     }
-    Ok(outcome)
+    outcome
 }
 
 /// Removes what [`checkout_fresh`] wrote, after the transfer failed: files
@@ -554,11 +562,7 @@ fn settle(
         };
         cache.entries.insert(p, CacheEntry { content: e.content, stat });
     }
-    let mut outcome = outcome;
-    if let Err(e) = cache.save(&repo.dot_dir().join("cache")) {
-        outcome.warnings.push(format!("could not save the stat cache (only a speed-up): {e}"));
-    }
-    Ok(outcome)
+    Ok(save_cache(repo, cache, outcome))
 }
 
 /// Plans and, if nothing would be lost (or `force`), applies the change of

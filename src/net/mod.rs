@@ -73,7 +73,10 @@
 //! chunk is there and writes the others as they come, taking them from
 //! memory ([`session::Arrived`], 16 MiB) rather than reading them back
 //! from the packs after the next flush. A chunk leaves that memory when it
-//! is taken; one that comes while it is full is read back from the packs.
+//! is taken; while it is full, the storing thread waits for the checkout
+//! to take one (the transfer slows through flow control), except while the
+//! checkout itself waits for a chunk that is not there: chunks that come
+//! then are read back from the packs.
 //!
 //! The trees are walked before any chunk is asked for. Asking for each
 //! level's chunks while the walk went on ended a transfer about 1 s sooner

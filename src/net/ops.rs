@@ -530,22 +530,19 @@ impl crate::materialize::Feed for CloneFeed {
         loop {
             // Read before looking: once set, everything that came is stored.
             let finished = self.done.load(std::sync::atomic::Ordering::SeqCst);
-            let mut all = true;
             let mut missing = None;
             for id in ids {
                 if !self.arrived.has(id) && !self.store.contains(id)? {
-                    all = false;
                     missing = Some(id);
                     break;
                 }
             }
-            if all || finished {
-                return Ok(all);
+            let Some(id) = missing else { return Ok(true) };
+            if finished {
+                return Ok(false);
             }
             // Awaited: the storing thread does not wait for room meanwhile.
-            if let Some(id) = missing {
-                self.arrived.wait_for(id, READY_POLL);
-            }
+            self.arrived.wait_for(id, READY_POLL);
         }
     }
 
