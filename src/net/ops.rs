@@ -442,7 +442,11 @@ pub async fn clone(
     let early = {
         let (repo, done) = (repo.clone(), done.clone());
         tokio::spawn(async move {
-            let Ok((version, root)) = told.await else { return Ok(None) };
+            let Ok((version, root)) = told.await else {
+                // Nothing to check out: nobody will take arrivals.
+                arrived.close();
+                return Ok(None);
+            };
             blocking(move || {
                 let feed = CloneFeed { store: repo.store().clone(), done, arrived };
                 Ok(crate::materialize::checkout_fresh(&repo, &root, &feed)?.map(|(t, o)| (version, t, o)))

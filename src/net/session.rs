@@ -30,8 +30,10 @@ const CHUNK_BATCH: usize = 128;
 /// Largest batch of chunks one `Get` asks for, in bytes as the trees
 /// suggest (a file's size over its chunks). Small batches keep what the
 /// streams bring close to the order the chunks were listed in, which is
-/// the order a clone's checkout writes files in ([`Arrived`]).
-const BATCH_BYTES: u64 = 4 << 20;
+/// the order a clone's checkout writes files in ([`Arrived`]): with
+/// [`PARALLEL_GETS`] streams, at most 16 MiB come out of that order, which
+/// the arrivals buffer holds while the checkout waits for the first.
+const BATCH_BYTES: u64 = 2 << 20;
 /// Bytes of arrived chunks kept in memory for a checkout running
 /// beside the transfer ([`Arrived`]).
 const ARRIVED_BYTES: usize = 16 << 20;
@@ -773,8 +775,13 @@ impl Session {
         let keys = self.repo.store().keys().clone();
         let mut seen_trees: HashSet<ObjectId> = HashSet::new();
         // Each chunk with its size as the tree suggests, for batching.
-        let mut chunks: Vec<(ObjectId, u64)> = Vec::new();
-        let mut seen_chunks: HashSet<ObjectId> = HashSet::new();
+        // Each chunk with the file it was found in (an index into `files`)
+        // and its size as the tree suggests, for batching.
+        let mut chunks: Vec<(u32, ObjectId, u64)> = Vec::new();
+        // Each file with new chunks, by its path.
+        let mut files: Vec<Vec<u8>> = Vec::new();
+        // The path of each tree of the level being walked.
+        let mut paths: HashMap<ObjectId, Vec<u8>> = HashMap::new();
         let mut chunk_base: HashMap<ObjectId, ObjectId> = HashMap::new();
         let mut level: Vec<(ObjectId, Option<ObjectId>)> = order
             .iter()
@@ -807,7 +814,17 @@ impl Session {
             })
             .await?;
             let mut next = Vec::new();
-            let mut visit = |tree: &Tree, base: Option<&Tree>| {
+            let mut next_paths = HashMap::new();
+            let mut visit = |tree: &Tree, base: Option<&Tree>, path: &[u8]| {
+                let join = |name: &[u8]| -> Vec<u8> {
+                    let mut p = Vec::with_capacity(path.len() + 1 + name.len());
+                    if !path.is_empty() {
+                        p.extend_from_slice(path);
+                        p.push(b'/');
+                    }
+                    p.extend_from_slice(name);
+                    p
+                };
                 for e in tree.entries() {
                     let old = base.and_then(|b| b.get(e.name.as_bytes())).map(|o| &o.node);
                     match &e.node {
@@ -818,6 +835,7 @@ impl Session {
                                     _ => None,
                                 };
                                 next.push((*tree, old));
+                                next_paths.insert(*tree, join(e.name.as_bytes()));
                             }
                         }
                         Node::File { chunks: cs, size, .. } => {
@@ -825,10 +843,9 @@ impl Session {
                             // claimed size cannot split batches finer.
                             let each = (size / cs.len().max(1) as u64)
                                 .min(dbox_store::limits::MAX_CHUNK_SIZE as u64);
-                            for c in cs {
-                                if seen_chunks.insert(*c) {
-                                    chunks.push((*c, each));
-                                }
+                            if let Ok(file) = u32::try_from(files.len()) {
+                                files.push(join(e.name.as_bytes()));
+                                chunks.extend(cs.iter().map(|c| (file, *c, each)));
                             }
                             if let Some(Node::File { chunks: old, .. }) = old {
                                 pair_chunks(cs, old, &mut chunk_base);
@@ -851,7 +868,8 @@ impl Session {
                     |id, bytes| {
                         let tree = decode_tree(&keys, id, bytes)?;
                         progress.objects_needed.fetch_add(1, Ordering::Relaxed);
-                        visit(&tree, remote_base.get(id).and_then(|b| base_trees.get(b)));
+                        let path = paths.get(id).map_or(&[][..], |p| p.as_slice());
+                        visit(&tree, remote_base.get(id).and_then(|b| base_trees.get(b)), path);
                         Ok(())
                     },
                     Some(tx),
@@ -860,11 +878,14 @@ impl Session {
             }
             for (id, base, bytes) in trees {
                 let tree = decode_tree(&keys, &id, &bytes)?;
-                visit(&tree, base.and_then(|b| base_trees.get(&b)));
+                let path = paths.get(&id).map_or(&[][..], |p| p.as_slice());
+                visit(&tree, base.and_then(|b| base_trees.get(&b)), path);
             }
             level = next;
+            paths = next_paths;
         }
-        drop(seen_chunks);
+        drop(paths);
+        let chunks = in_checkout_order(chunks, files);
         // Every tree is with the storing thread. For a clone, whose checkout
         // starts once it can read them all, they are made readable now
         // rather than at the first flush of chunks (64 MiB later). A pull
@@ -940,6 +961,30 @@ impl Session {
             None => Ok(()),
         }
     }
+}
+
+/// Chunks in the order a clone's checkout writes their files: by depth,
+/// then by path (see `materialize::apply`), each once, for the first file
+/// that has it. `chunks` are (index into `files`, chunk, size) as the walk
+/// found them: level by level, but within a level in the order the trees
+/// arrived. A chunk that comes long before the checkout wants it is read
+/// back from the packs (see [`Arrived`]).
+fn in_checkout_order(mut chunks: Vec<(u32, ObjectId, u64)>, files: Vec<Vec<u8>>) -> Vec<(ObjectId, u64)> {
+    let mut by_path: Vec<u32> = (0..files.len()).filter_map(|f| u32::try_from(f).ok()).collect();
+    by_path.sort_by_cached_key(|f| {
+        let p = &files[*f as usize];
+        (p.iter().filter(|b| **b == b'/').count(), p.clone())
+    });
+    drop(files);
+    let mut place = vec![0u32; by_path.len()];
+    for (i, f) in by_path.iter().enumerate() {
+        place[*f as usize] = i as u32;
+    }
+    drop(by_path);
+    // Stable: a file's chunks keep their order.
+    chunks.sort_by_key(|(f, _, _)| place.get(*f as usize).copied().unwrap_or(u32::MAX));
+    let mut seen: HashSet<ObjectId> = HashSet::new();
+    chunks.into_iter().filter(|(_, c, _)| seen.insert(*c)).map(|(_, c, s)| (c, s)).collect()
 }
 
 /// Pairs each chunk of a file's new content that its old content lacks
@@ -1185,19 +1230,26 @@ fn store_loop(
 /// Chunks that arrived lately, in stored form (verified against their
 /// ids), for a checkout that runs beside the transfer: it writes a file
 /// from these without reading its chunks back from the packs, and without
-/// waiting for the next flush. At most `limit` bytes. Once the checkout
-/// has said which chunks it will take ([`Arrived::expect`]), only those are
-/// kept, and a chunk leaves when taken as often as it is needed.
+/// waiting for the next flush. About `limit` bytes, never more than twice
+/// that. Once the checkout has said which chunks it will take
+/// ([`Arrived::expect`]), only those are kept, and a chunk leaves when
+/// taken as often as it is needed.
 ///
 /// The checkout is slower than the transfer, and takes chunks in about the
-/// order they were asked for. When the buffer is full, the storing thread
-/// therefore waits for room ([`Arrived::keep`]), which slows the transfer
-/// to the checkout's pace through the streams' flow control, rather than
-/// let the chunk go: one that is not kept must be read back from the packs
-/// (read, keystream, hash again), and when it was let go, a clone of
-/// `mixed` read 71–77 % of its chunks back. It does not wait when the
-/// checkout waits for a chunk that is not here (that chunk may be behind
-/// this one), before the checkout has said what it needs, after it ended
+/// order they were asked for (`fetch_content` asks in its order). When the
+/// buffer is full, the storing thread therefore waits for room
+/// ([`Arrived::keep`]), which slows the transfer to the checkout's pace
+/// through the streams' flow control, rather than let the chunk go: one
+/// that is not kept must be read back from the packs (read, keystream,
+/// hash again), and when it was let go, a clone of `mixed` read 71–77 % of
+/// its chunks back. It waits also before the checkout has said what it
+/// needs: chunks are asked for only once every tree is stored, so the
+/// checkout can plan and say it meanwhile.
+///
+/// It does not wait when the checkout waits for a chunk that is not here:
+/// that chunk may be behind this one. The chunks around it are then kept up
+/// to twice the bound, as the streams bring several batches at once, and
+/// let go beyond. Nor does it wait after the checkout ended
 /// ([`Arrived::close`]), or beyond [`ROOM_WAIT_MAX`]: the chunk is then not
 /// kept, and is read from the store once flushed.
 pub struct Arrived {
@@ -1214,7 +1266,7 @@ struct ArrivedInner {
     map: HashMap<ObjectId, Vec<u8>>,
     bytes: usize,
     /// The chunks the checkout will still take, with how often; `None`
-    /// until it says (the trees are in by then, few chunks yet).
+    /// until it says.
     wanted: Option<HashMap<ObjectId, u32>>,
     /// Chunks some taker waits for, with how many takers.
     awaited: HashMap<ObjectId, u32>,
@@ -1248,11 +1300,16 @@ impl Arrived {
         }
         let deadline = Instant::now() + ROOM_WAIT_MAX;
         // A chunk a taker waits for goes in even over the bound (by one
-        // chunk at most: there is one storing thread).
+        // chunk at most beyond twice the bound: there is one storing thread).
         while a.bytes + cost > self.limit && !a.awaited.contains_key(&id) {
             let stalled = a.awaited.keys().any(|w| !a.map.contains_key(w));
-            let Some(left) = deadline.checked_duration_since(Instant::now()) else { return };
-            if a.wanted.is_none() || a.closed || stalled {
+            if stalled && a.bytes + cost <= 2 * self.limit {
+                break;
+            }
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                return;
+            };
+            if a.closed || stalled {
                 return;
             }
             a = match self.room.wait_timeout(a, left) {
@@ -1496,12 +1553,12 @@ mod tests {
     fn arrived_chunks_stay_within_their_bound_and_leave_when_taken() {
         let id = |i: u8| ObjectId([i; 32]);
         let a = Arrived::new(100 + 3 * ARRIVED_ENTRY);
-        for i in 0..5 {
+        let all: Vec<ObjectId> = (0..10).map(id).collect();
+        a.expect(&mut all.iter());
+        for i in 0..3 {
             a.keep(id(i), vec![i; 30]);
         }
-        // 150 bytes came; the first three fit, the newest were not kept.
         assert!((0..3).all(|i| a.has(&id(i))));
-        assert!(!a.has(&id(3)) && !a.has(&id(4)));
         // A second copy changes nothing; a chunk over the bound is not kept.
         a.keep(id(2), vec![9; 30]);
         a.keep(id(7), vec![7; 101 + 3 * ARRIVED_ENTRY]);
@@ -1510,25 +1567,76 @@ mod tests {
         assert_eq!(a.take(&id(2), Duration::ZERO), Some(vec![2u8; 30]));
         assert!(!a.has(&id(2)));
         assert_eq!(a.take(&id(2), Duration::ZERO), None);
-        a.keep(id(4), vec![4; 30]);
-        assert!(a.has(&id(4)));
+        a.keep(id(3), vec![3; 30]);
+        assert!(a.has(&id(3)));
         let inner = a.inner.lock().map(|i| (i.bytes, i.map.len())).ok();
         assert_eq!(inner, Some((90 + 3 * ARRIVED_ENTRY, 3)));
-        // One that comes while a taker waits is handed over.
+        // While a taker waits for one that is not here, the full buffer
+        // takes what comes, up to twice its bound, and then lets it go,
+        // all without waiting; the awaited one is handed over.
         std::thread::scope(|s| {
             let waiting = s.spawn(|| a.take(&id(9), Duration::from_secs(10)));
-            std::thread::sleep(Duration::from_millis(50));
-            assert_eq!(a.take(&id(0), Duration::ZERO), Some(vec![0u8; 30]));
+            while !a.inner.lock().is_ok_and(|i| i.awaited.contains_key(&id(9))) {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            let start = Instant::now();
+            for i in 4..8 {
+                a.keep(id(i), vec![i; 30]);
+            }
+            assert!(start.elapsed() < ROOM_WAIT_MAX, "it did not wait");
+            assert!((4..7).all(|i| a.has(&id(i))) && !a.has(&id(7)));
+            let inner = a.inner.lock().map(|i| i.bytes).ok();
+            assert_eq!(inner, Some(180 + 6 * ARRIVED_ENTRY));
             a.keep(id(9), vec![9; 30]);
             assert_eq!(waiting.join().ok().flatten(), Some(vec![9u8; 30]));
         });
     }
 
     #[test]
+    fn before_the_checkout_says_what_it_needs_a_full_buffer_holds_the_storing_thread() {
+        let id = |i: u8| ObjectId([i; 32]);
+        let a = Arrived::new(2 * (30 + ARRIVED_ENTRY));
+        // Chunks of an older version (0, 1) fill the buffer first.
+        a.keep(id(0), vec![0; 30]);
+        a.keep(id(1), vec![1; 30]);
+        std::thread::scope(|s| {
+            let producer = s.spawn(|| a.keep(id(2), vec![2; 30]));
+            std::thread::sleep(Duration::from_millis(100));
+            assert!(!a.has(&id(2)) && !producer.is_finished(), "it waits for the checkout");
+            // The checkout needs 1 and 2: 0 goes, which makes room.
+            a.expect(&mut [id(1), id(2)].iter());
+            assert!(producer.join().is_ok());
+        });
+        assert!(a.has(&id(1)) && a.has(&id(2)) && !a.has(&id(0)));
+    }
+
+    #[test]
+    fn chunks_are_asked_for_in_the_order_the_checkout_writes_their_files() {
+        let id = |i: u8| ObjectId([i; 32]);
+        // As a walk finds them: level by level, a level's trees as they came.
+        let files: Vec<Vec<u8>> =
+            ["top", "b/y", "a/x", "a/sub/z", "a.txt", "b/w"].iter().map(|p| p.as_bytes().to_vec()).collect();
+        let found = vec![
+            (0, id(1), 10),
+            (1, id(2), 10),
+            (1, id(3), 10),
+            (2, id(4), 10),
+            (3, id(5), 10),
+            (4, id(6), 10),
+            // The same chunk in two files: asked for once, for the first.
+            (5, id(3), 10),
+            (5, id(7), 10),
+        ];
+        let order: Vec<u8> = in_checkout_order(found, files).iter().map(|(c, _)| c.0[0]).collect();
+        // By depth, then by path: a.txt, top, a/x, b/w, b/y, a/sub/z.
+        assert_eq!(order, vec![6, 1, 4, 3, 7, 2, 5]);
+    }
+
+    #[test]
     fn a_full_buffer_holds_the_storing_thread_until_the_checkout_makes_room() {
         let id = |i: u8| ObjectId([i; 32]);
         let a = Arrived::new(2 * (30 + ARRIVED_ENTRY));
-        let all: Vec<ObjectId> = (0..6).map(id).collect();
+        let all: Vec<ObjectId> = (0..8).map(id).collect();
         a.expect(&mut all.iter());
         a.keep(id(0), vec![0; 30]);
         a.keep(id(1), vec![1; 30]);
@@ -1541,8 +1649,8 @@ mod tests {
             assert!(a.has(&id(2)), "kept once there was room");
         });
         // Full again (1 and 2). A taker waiting for a chunk that is not here
-        // (3) lets the storing thread go on at once: 4 is not kept, and 3
-        // goes in over the bound.
+        // (3) lets the storing thread go on at once: 4 and 5 are kept over
+        // the bound, 6 beyond twice the bound is not, and 3 goes in.
         std::thread::scope(|s| {
             let taker = s.spawn(|| a.take(&id(3), Duration::from_secs(10)));
             for _ in 0..1000 {
@@ -1552,18 +1660,19 @@ mod tests {
                 std::thread::sleep(Duration::from_millis(2));
             }
             let start = Instant::now();
-            a.keep(id(4), vec![4; 30]);
+            for i in 4..7 {
+                a.keep(id(i), vec![i; 30]);
+            }
             assert!(start.elapsed() < ROOM_WAIT_MAX, "it did not wait");
-            assert!(!a.has(&id(4)));
+            assert!(a.has(&id(4)) && a.has(&id(5)) && !a.has(&id(6)));
             a.keep(id(3), vec![3; 30]);
             assert_eq!(taker.join().ok().flatten(), Some(vec![3u8; 30]));
         });
         // Once the checkout ended, a full buffer holds nothing up.
-        a.keep(id(4), vec![4; 30]);
         a.close();
         let start = Instant::now();
-        a.keep(id(5), vec![5; 30]);
-        assert!(start.elapsed() < ROOM_WAIT_MAX && !a.has(&id(5)));
+        a.keep(id(7), vec![7; 30]);
+        assert!(start.elapsed() < ROOM_WAIT_MAX && !a.has(&id(7)));
     }
 
     #[test]
