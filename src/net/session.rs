@@ -1243,8 +1243,8 @@ fn store_loop(
 /// that is not kept must be read back from the packs (read, keystream,
 /// hash again), and when it was let go, a clone of `mixed` read 71–77 % of
 /// its chunks back. It waits also before the checkout has said what it
-/// needs: chunks are asked for only once every tree is stored, so the
-/// checkout can plan and say it meanwhile.
+/// needs (at most [`ROOM_WAIT_MAX`] in all): chunks are asked for only once
+/// every tree is stored, so the checkout can plan and say it meanwhile.
 ///
 /// It does not wait when the checkout waits for a chunk that is not here:
 /// that chunk may be behind this one. The chunks around it are then kept up
@@ -1270,6 +1270,11 @@ struct ArrivedInner {
     wanted: Option<HashMap<ObjectId, u32>>,
     /// Chunks some taker waits for, with how many takers.
     awaited: HashMap<ObjectId, u32>,
+    /// Until when the storing thread may wait for room before the
+    /// checkout says what it needs: all such waits together take at most
+    /// [`ROOM_WAIT_MAX`], so a plan slow to make (a huge tree) does not
+    /// hold the transfer up for long.
+    unplanned_until: Option<Instant>,
     /// The checkout ended: nobody takes any more.
     closed: bool,
 }
@@ -1298,13 +1303,16 @@ impl Arrived {
         if unwanted || cost > self.limit || a.map.contains_key(&id) {
             return;
         }
-        let deadline = Instant::now() + ROOM_WAIT_MAX;
+        let mut deadline = Instant::now() + ROOM_WAIT_MAX;
         // A chunk a taker waits for goes in even over the bound (by one
         // chunk at most beyond twice the bound: there is one storing thread).
         while a.bytes + cost > self.limit && !a.awaited.contains_key(&id) {
             let stalled = a.awaited.keys().any(|w| !a.map.contains_key(w));
             if stalled && a.bytes + cost <= 2 * self.limit {
                 break;
+            }
+            if a.wanted.is_none() {
+                deadline = deadline.min(*a.unplanned_until.get_or_insert(deadline));
             }
             let Some(left) = deadline.checked_duration_since(Instant::now()) else {
                 return;
@@ -1608,6 +1616,16 @@ mod tests {
             assert!(producer.join().is_ok());
         });
         assert!(a.has(&id(1)) && a.has(&id(2)) && !a.has(&id(0)));
+        // Waits before the plan take at most ROOM_WAIT_MAX in all.
+        let b = Arrived::new(30 + ARRIVED_ENTRY);
+        b.keep(id(0), vec![0; 30]);
+        let start = Instant::now();
+        for i in 1..4 {
+            b.keep(id(i), vec![i; 30]);
+        }
+        let waited = start.elapsed();
+        assert!(waited >= ROOM_WAIT_MAX && waited < 2 * ROOM_WAIT_MAX, "{waited:?}");
+        assert!((1..4).all(|i| !b.has(&id(i))));
     }
 
     #[test]
