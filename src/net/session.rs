@@ -774,11 +774,12 @@ impl Session {
 
         let keys = self.repo.store().keys().clone();
         let mut seen_trees: HashSet<ObjectId> = HashSet::new();
-        // Each chunk with its size as the tree suggests, for batching.
-        // Each chunk with the file it was found in (an index into `files`)
-        // and its size as the tree suggests, for batching.
+        // Each chunk once, with the first file it was found in (an index
+        // into `files`) and its size as the tree suggests, for batching.
         let mut chunks: Vec<(u32, ObjectId, u64)> = Vec::new();
-        // Each file with new chunks, by its path.
+        let mut seen_chunks: HashSet<ObjectId> = HashSet::new();
+        // The path of each file that brought a chunk not seen before (so
+        // this stays as small as the new content, however many versions).
         let mut files: Vec<Vec<u8>> = Vec::new();
         // The path of each tree of the level being walked.
         let mut paths: HashMap<ObjectId, Vec<u8>> = HashMap::new();
@@ -843,9 +844,14 @@ impl Session {
                             // claimed size cannot split batches finer.
                             let each = (size / cs.len().max(1) as u64)
                                 .min(dbox_store::limits::MAX_CHUNK_SIZE as u64);
-                            if let Ok(file) = u32::try_from(files.len()) {
+                            let before = chunks.len();
+                            // Past u32::MAX files, the rest go last.
+                            let file = u32::try_from(files.len()).unwrap_or(u32::MAX);
+                            chunks.extend(
+                                cs.iter().filter(|c| seen_chunks.insert(**c)).map(|c| (file, *c, each)),
+                            );
+                            if chunks.len() > before && file != u32::MAX {
                                 files.push(join(e.name.as_bytes()));
-                                chunks.extend(cs.iter().map(|c| (file, *c, each)));
                             }
                             if let Some(Node::File { chunks: old, .. }) = old {
                                 pair_chunks(cs, old, &mut chunk_base);
@@ -885,6 +891,7 @@ impl Session {
             paths = next_paths;
         }
         drop(paths);
+        drop(seen_chunks);
         let chunks = in_checkout_order(chunks, files);
         // Every tree is with the storing thread. For a clone, whose checkout
         // starts once it can read them all, they are made readable now
