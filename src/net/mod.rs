@@ -64,9 +64,10 @@
 //! and present objects are never asked for, so an interrupted transfer
 //! resumes without resending what arrived.
 //!
-//! Chunks are asked for in batches of at most 128 chunks and about 4 MiB
+//! Chunks are asked for in batches of at most 128 chunks and about 2 MiB
 //! (as the trees suggest), several at once, so they arrive close to the
-//! order they were listed in: files in the order a checkout writes them.
+//! order they were listed in: the order a clone's checkout writes their
+//! files (by depth, then by path), not the order the walk found them.
 //! A clone's checkout runs beside its transfer. It needs every tree first:
 //! the storing thread flushes as soon as the last tree reaches it, rather
 //! than at the first flush of chunks. It then starts a file once its first
@@ -74,9 +75,10 @@
 //! memory ([`session::Arrived`], 16 MiB) rather than reading them back
 //! from the packs after the next flush. A chunk leaves that memory when it
 //! is taken; while it is full, the storing thread waits for the checkout
-//! to take one (the transfer slows through flow control), except while the
-//! checkout itself waits for a chunk that is not there: chunks that come
-//! then are read back from the packs.
+//! to take one (the transfer slows through flow control), also before the
+//! checkout has planned (2 s at most in all). While the checkout itself
+//! waits for a chunk that is not there, it does not wait: what comes is
+//! kept up to twice the bound, and beyond that read back from the packs.
 //!
 //! The trees are walked before any chunk is asked for. Asking for each
 //! level's chunks while the walk went on ended a transfer about 1 s sooner

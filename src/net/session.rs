@@ -971,11 +971,11 @@ impl Session {
 }
 
 /// Chunks in the order a clone's checkout writes their files: by depth,
-/// then by path (see `materialize::apply`), each once, for the first file
-/// that has it. `chunks` are (index into `files`, chunk, size) as the walk
-/// found them: level by level, but within a level in the order the trees
-/// arrived. A chunk that comes long before the checkout wants it is read
-/// back from the packs (see [`Arrived`]).
+/// then by path (see `materialize::apply`). `chunks` are (index into
+/// `files`, chunk, size), each chunk once, as the walk found them: level by
+/// level, but within a level in the order the trees arrived. A chunk that
+/// comes long before the checkout wants it is read back from the packs
+/// (see [`Arrived`]).
 fn in_checkout_order(mut chunks: Vec<(u32, ObjectId, u64)>, files: Vec<Vec<u8>>) -> Vec<(ObjectId, u64)> {
     let mut by_path: Vec<u32> = (0..files.len()).filter_map(|f| u32::try_from(f).ok()).collect();
     by_path.sort_by_cached_key(|f| {
@@ -990,8 +990,7 @@ fn in_checkout_order(mut chunks: Vec<(u32, ObjectId, u64)>, files: Vec<Vec<u8>>)
     drop(by_path);
     // Stable: a file's chunks keep their order.
     chunks.sort_by_key(|(f, _, _)| place.get(*f as usize).copied().unwrap_or(u32::MAX));
-    let mut seen: HashSet<ObjectId> = HashSet::new();
-    chunks.into_iter().filter(|(_, c, _)| seen.insert(*c)).map(|(_, c, s)| (c, s)).collect()
+    chunks.into_iter().map(|(_, c, s)| (c, s)).collect()
 }
 
 /// Pairs each chunk of a file's new content that its old content lacks
@@ -1564,6 +1563,16 @@ mod tests {
         v
     }
 
+    /// Waits (2 s at most) until some taker waits for `id`.
+    fn until_awaited(a: &Arrived, id: &ObjectId) {
+        for _ in 0..1000 {
+            if a.inner.lock().is_ok_and(|i| i.awaited.contains_key(id)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
     #[test]
     fn arrived_chunks_stay_within_their_bound_and_leave_when_taken() {
         let id = |i: u8| ObjectId([i; 32]);
@@ -1591,9 +1600,7 @@ mod tests {
         // all without waiting; the awaited one is handed over.
         std::thread::scope(|s| {
             let waiting = s.spawn(|| a.take(&id(9), Duration::from_secs(10)));
-            while !a.inner.lock().is_ok_and(|i| i.awaited.contains_key(&id(9))) {
-                std::thread::sleep(Duration::from_millis(2));
-            }
+            until_awaited(&a, &id(9));
             let start = Instant::now();
             for i in 4..8 {
                 a.keep(id(i), vec![i; 30]);
@@ -1648,13 +1655,13 @@ mod tests {
             (2, id(4), 10),
             (3, id(5), 10),
             (4, id(6), 10),
-            // The same chunk in two files: asked for once, for the first.
-            (5, id(3), 10),
             (5, id(7), 10),
+            // Past u32::MAX files: last.
+            (u32::MAX, id(8), 10),
         ];
         let order: Vec<u8> = in_checkout_order(found, files).iter().map(|(c, _)| c.0[0]).collect();
         // By depth, then by path: a.txt, top, a/x, b/w, b/y, a/sub/z.
-        assert_eq!(order, vec![6, 1, 4, 3, 7, 2, 5]);
+        assert_eq!(order, vec![6, 1, 4, 7, 2, 3, 5, 8]);
     }
 
     #[test]
@@ -1678,12 +1685,7 @@ mod tests {
         // the bound, 6 beyond twice the bound is not, and 3 goes in.
         std::thread::scope(|s| {
             let taker = s.spawn(|| a.take(&id(3), Duration::from_secs(10)));
-            for _ in 0..1000 {
-                if a.inner.lock().is_ok_and(|i| i.awaited.contains_key(&id(3))) {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(2));
-            }
+            until_awaited(&a, &id(3));
             let start = Instant::now();
             for i in 4..7 {
                 a.keep(id(i), vec![i; 30]);
