@@ -54,7 +54,7 @@ const MAX_PULL_VERSION_BYTES: usize = 512 << 20;
 /// What the storing thread is given.
 enum ToStore {
     /// A received object, checked against its id.
-    Object(ObjectId, Vec<u8>),
+    Object(object::Checked),
     /// Make everything so far durable, and readable through the store, now:
     /// a clone's checkout waits for the trees.
     Flush,
@@ -308,11 +308,11 @@ impl Session {
                         .into())
                     }
                     Frame::Whole(bytes) => {
-                        object::check_id(&id, &bytes).map_err(|_| {
+                        let n = bytes.len();
+                        let checked = object::Checked::new(id, bytes).map_err(|_| {
                             NetError::Protocol(format!("object {} does not match its id", id.short()))
                         })?;
-                        let n = bytes.len();
-                        (bytes, n, false)
+                        (checked, n, false)
                     }
                     Frame::Delta { base, delta } => {
                         if with.get(i).copied().flatten() != Some(base) {
@@ -343,16 +343,16 @@ impl Session {
                         }
                     }
                 };
-                if ObjectKind::of_stored(&bytes).ok() != Some(kind) {
+                if ObjectKind::of_stored(bytes.bytes()).ok() != Some(kind) {
                     return Err(NetError::Protocol(format!("object {} is not a {kind}", id.short())).into());
                 }
-                check(&id, &bytes)?;
+                check(&id, bytes.bytes())?;
                 if kind != ObjectKind::Version {
                     self.progress.carried.fetch_add(carried as u64, Ordering::Relaxed);
                     self.progress.deltas.fetch_add(u64::from(delta), Ordering::Relaxed);
                 }
                 if let Some(tx) = sink {
-                    tx.send(ToStore::Object(id, bytes))
+                    tx.send(ToStore::Object(bytes))
                         .await
                         .map_err(|_| RepoError::Usage("the storing thread stopped".into()))?;
                 }
@@ -1128,11 +1128,11 @@ fn rebuild(
     want: &ObjectId,
     base: &ObjectId,
     delta: &[u8],
-) -> Result<Option<Vec<u8>>> {
+) -> Result<Option<object::Checked>> {
     let Ok(old) = store.get_payload(base, kind) else { return Ok(None) };
     let Ok(new) = dbox_store::delta::decode(&old, delta, kind.payload_limit()) else { return Ok(None) };
-    let (id, stored) = object::seal(store.keys(), kind, &new);
-    Ok((id == *want).then_some(stored))
+    let sealed = object::Checked::seal(store.keys(), kind, &new);
+    Ok((sealed.id() == want).then_some(sealed))
 }
 
 fn decode_tree(keys: &dbox_store::Keys, id: &ObjectId, bytes: &[u8]) -> Result<Tree> {
@@ -1198,9 +1198,9 @@ fn store_loop(
                 }
             },
         };
-        let (id, b) = match next {
+        let b = match next {
             None => break,
-            Some(ToStore::Object(id, b)) => (id, b),
+            Some(ToStore::Object(b)) => b,
             Some(ToStore::Flush) => {
                 if let Some(h) = &mut held {
                     if let Err(e) = h.writer.flush() {
@@ -1212,17 +1212,17 @@ fn store_loop(
                 continue;
             }
         };
-        if let Err(e) = store_one(store, &mut held, &id, &b) {
+        if let Err(e) = store_one(store, &mut held, &b) {
             result = Err(e);
             break;
         }
         objects += 1;
-        bytes += b.len() as u64;
+        bytes += b.bytes().len() as u64;
         progress.objects.fetch_add(1, Ordering::Relaxed);
-        progress.bytes.fetch_add(b.len() as u64, Ordering::Relaxed);
+        progress.bytes.fetch_add(b.bytes().len() as u64, Ordering::Relaxed);
         if let Some(a) = arrived {
-            if ObjectKind::of_stored(&b).ok() == Some(ObjectKind::Chunk) {
-                a.keep(id, b);
+            if ObjectKind::of_stored(b.bytes()).ok() == Some(ObjectKind::Chunk) {
+                a.keep(*b.id(), b.into_bytes());
             }
         }
     }
@@ -1443,15 +1443,15 @@ const LOCK_SLICE_MAX: Duration = Duration::from_secs(15);
 /// How long the lock stays free between slices (the waiting side polls every 20 ms).
 const LOCK_PAUSE: Duration = Duration::from_millis(50);
 
-fn store_one(store: &dbox_store::Store, held: &mut Option<Held>, id: &ObjectId, b: &[u8]) -> Result<()> {
+fn store_one(store: &dbox_store::Store, held: &mut Option<Held>, b: &object::Checked) -> Result<()> {
     let h = match held {
         Some(h) => h,
         None => {
             held.insert(Held { writer: store.writer_wait(LOCK_WAIT)?, since: Instant::now(), unflushed: 0 })
         }
     };
-    h.writer.put_raw(id, b)?;
-    h.unflushed += b.len() as u64;
+    h.writer.put_checked(b)?;
+    h.unflushed += b.bytes().len() as u64;
     let age = h.since.elapsed();
     if h.unflushed >= FLUSH_EVERY || age >= LOCK_SLICE_MAX {
         h.writer.flush()?;

@@ -187,6 +187,22 @@ async fn read_full(r: &mut quinn::RecvStream, buf: &mut [u8], what: &'static str
     Ok(())
 }
 
+/// Reads `len` bytes into a new buffer, waiting at most [`REQUEST_TIMEOUT`]
+/// for each piece: as [`read_full`], without first filling the buffer with
+/// zeros (for an object, that is a pass over every byte received).
+async fn read_vec(r: &mut quinn::RecvStream, len: usize, what: &'static str) -> Result<Vec<u8>, NetError> {
+    let mut buf = Vec::with_capacity(len);
+    while buf.len() < len {
+        match tokio::time::timeout(REQUEST_TIMEOUT, r.read_chunk(len - buf.len(), true)).await {
+            Ok(Ok(Some(chunk))) => buf.extend_from_slice(&chunk.bytes),
+            Ok(Ok(None)) => return Err(NetError::Protocol(format!("{what}: cut short"))),
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_) => return Err(NetError::Timeout(what)),
+        }
+    }
+    Ok(buf)
+}
+
 /// Reads one control message, waiting at most [`REQUEST_TIMEOUT`].
 pub async fn read_msg<T: DeserializeOwned>(
     r: &mut quinn::RecvStream,
@@ -276,15 +292,13 @@ pub async fn read_object(r: &mut quinn::RecvStream, max_len: usize) -> Result<(O
     match head[0] {
         0 if len == 0 => Ok((ObjectId(id), Frame::Missing)),
         1 if len <= max_len => {
-            let mut b = vec![0u8; len];
-            read_full(r, &mut b, "an object").await?;
+            let b = read_vec(r, len, "an object").await?;
             Ok((ObjectId(id), Frame::Whole(b)))
         }
         2 if len <= max_len => {
             let mut base = [0u8; 32];
             read_full(r, &mut base, "an object").await?;
-            let mut delta = vec![0u8; len];
-            read_full(r, &mut delta, "an object").await?;
+            let delta = read_vec(r, len, "an object").await?;
             Ok((ObjectId(id), Frame::Delta { base: ObjectId(base), delta }))
         }
         1 | 2 => Err(NetError::Protocol(format!("an object of {len} bytes is over the limit"))),

@@ -167,6 +167,47 @@ pub fn seal(keys: &Keys, kind: ObjectKind, payload: &[u8]) -> (ObjectId, Vec<u8>
     (ObjectId::of(&out), out)
 }
 
+/// Stored bytes known to hash to their id. Made only by [`Checked::new`],
+/// which hashes them, or [`Checked::seal`], which makes them; so a store
+/// takes them ([`crate::Writer::put_checked`]) without hashing them again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Checked {
+    id: ObjectId,
+    stored: Vec<u8>,
+}
+
+impl Checked {
+    /// Checks that `stored` hashes to `id`.
+    pub fn new(id: ObjectId, stored: Vec<u8>) -> Result<Self, DecodeError> {
+        check_id(&id, &stored)?;
+        Ok(Self { id, stored })
+    }
+
+    /// Encodes `payload` as [`seal`] does.
+    ///
+    /// # Panics
+    /// As [`seal`]: if `kind` is [`ObjectKind::Version`].
+    pub fn seal(keys: &Keys, kind: ObjectKind, payload: &[u8]) -> Self {
+        let (id, stored) = seal(keys, kind, payload);
+        Self { id, stored }
+    }
+
+    /// The id.
+    pub fn id(&self) -> &ObjectId {
+        &self.id
+    }
+
+    /// The stored bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.stored
+    }
+
+    /// The stored bytes, owned.
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.stored
+    }
+}
+
 /// Checks that `stored` hashes to `id`.
 pub fn check_id(id: &ObjectId, stored: &[u8]) -> Result<(), DecodeError> {
     let actual = ObjectId::of(stored);
@@ -290,6 +331,12 @@ mod tests {
         assert!(stored.len() < text.len() / 4, "text is compressed");
         check_id(&id, &stored)?;
         assert_eq!(open(&k, ObjectKind::Chunk, &stored)?, text);
+        let checked = Checked::seal(&k, ObjectKind::Chunk, &text);
+        assert_eq!((checked.id(), checked.bytes()), (&id, &stored[..]));
+        assert_eq!(Checked::new(id, stored.clone())?, checked);
+        let mut bad = stored;
+        bad[40] ^= 1;
+        assert!(matches!(Checked::new(id, bad), Err(DecodeError::HashMismatch { .. })));
         let random: Vec<u8> = (0..100_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
         let (_, stored) = seal(&k, ObjectKind::Chunk, &random);
         assert_eq!(open(&k, ObjectKind::Chunk, &stored)?, random);

@@ -895,6 +895,23 @@ impl Writer {
             });
         }
         object::check_id(id, stored).map_err(|source| StoreError::InvalidObject { source })?;
+        self.put_known(id, stored)
+    }
+
+    /// As [`Writer::put_raw`], for bytes already checked against their id.
+    pub fn put_checked(&self, object: &object::Checked) -> Result<(), StoreError> {
+        self.put_known(object.id(), object.bytes())
+    }
+
+    /// [`Writer::put_raw`] once the id is known to match.
+    fn put_known(&self, id: &ObjectId, stored: &[u8]) -> Result<(), StoreError> {
+        if stored.len() > MAX_OBJECT_SIZE {
+            return Err(StoreError::TooLarge {
+                what: "object",
+                size: stored.len() as u64,
+                limit: MAX_OBJECT_SIZE as u64,
+            });
+        }
         let kind = ObjectKind::of_stored(stored).map_err(|source| StoreError::InvalidObject { source })?;
         if kind == ObjectKind::Version {
             let v =
