@@ -67,7 +67,7 @@
 //! Chunks are asked for in batches of at most 128 chunks and about 2 MiB
 //! (as the trees suggest), several at once, so they arrive close to the
 //! order they were listed in: the order a clone's checkout writes their
-//! files (by depth, then by path), not the order the walk found them.
+//! files (by path), not the order the walk found them.
 //! A clone's checkout runs beside its transfer. It needs every tree first:
 //! the storing thread flushes as soon as the last tree reaches it, rather
 //! than at the first flush of chunks. It then starts a file once its first

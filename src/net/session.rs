@@ -970,18 +970,15 @@ impl Session {
     }
 }
 
-/// Chunks in the order a clone's checkout writes their files: by depth,
-/// then by path (see `materialize::apply`). `chunks` are (index into
-/// `files`, chunk, size), each chunk once, as the walk found them: level by
-/// level, but within a level in the order the trees arrived. A chunk that
-/// comes long before the checkout wants it is read back from the packs
-/// (see [`Arrived`]).
+/// Chunks in the order a clone's checkout writes their files: by path
+/// (see `materialize::apply`). `chunks` are (index into `files`, chunk,
+/// size), each chunk once, as the walk found them: level by level, but
+/// within a level in the order the trees arrived. A chunk that comes long
+/// before the checkout wants it is read back from the packs (see
+/// [`Arrived`]).
 fn in_checkout_order(mut chunks: Vec<(u32, ObjectId, u64)>, files: Vec<Vec<u8>>) -> Vec<(ObjectId, u64)> {
     let mut by_path: Vec<u32> = (0..files.len()).filter_map(|f| u32::try_from(f).ok()).collect();
-    by_path.sort_by_cached_key(|f| {
-        let p = &files[*f as usize];
-        (p.iter().filter(|b| **b == b'/').count(), p.clone())
-    });
+    by_path.sort_by(|a, b| files[*a as usize].cmp(&files[*b as usize]));
     drop(files);
     let mut place = vec![0u32; by_path.len()];
     for (i, f) in by_path.iter().enumerate() {
@@ -1660,8 +1657,8 @@ mod tests {
             (u32::MAX, id(8), 10),
         ];
         let order: Vec<u8> = in_checkout_order(found, files).iter().map(|(c, _)| c.0[0]).collect();
-        // By depth, then by path: a.txt, top, a/x, b/w, b/y, a/sub/z.
-        assert_eq!(order, vec![6, 1, 4, 7, 2, 3, 5, 8]);
+        // By path: a.txt, a/sub/z, a/x, b/w, b/y, top.
+        assert_eq!(order, vec![6, 5, 4, 7, 2, 3, 1, 8]);
     }
 
     #[test]
