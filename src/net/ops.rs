@@ -555,7 +555,7 @@ impl crate::materialize::Feed for CloneFeed {
         loop {
             if let Some(stored) = self.arrived.take(id, wait) {
                 // Verified against its id when it arrived.
-                return dbox_store::object::open(store.keys(), dbox_store::ObjectKind::Chunk, &stored)
+                return dbox_store::object::open_owned(store.keys(), dbox_store::ObjectKind::Chunk, stored)
                     .map_err(|source| {
                         dbox_store::StoreError::CorruptObject { id: *id, pack: None, source }.into()
                     });

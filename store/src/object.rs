@@ -220,6 +220,12 @@ pub fn check_id(id: &ObjectId, stored: &[u8]) -> Result<(), DecodeError> {
 /// Checks the kind of `stored` and decrypts and decompresses it, returning
 /// the payload. The caller has already checked the id.
 pub fn open(keys: &Keys, expected: ObjectKind, stored: &[u8]) -> Result<Vec<u8>, DecodeError> {
+    // Checked before the copy, so an oversized input is not copied.
+    check_len(stored)?;
+    open_owned(keys, expected, stored.to_vec())
+}
+
+fn check_len(stored: &[u8]) -> Result<(), DecodeError> {
     if stored.len() > MAX_OBJECT_SIZE {
         return Err(DecodeError::TooLarge {
             what: "object",
@@ -227,7 +233,22 @@ pub fn open(keys: &Keys, expected: ObjectKind, stored: &[u8]) -> Result<Vec<u8>,
             limit: MAX_OBJECT_SIZE as u64,
         });
     }
-    let kind = ObjectKind::of_stored(stored)?;
+    if stored.len() < SEALED_OVERHEAD {
+        return Err(DecodeError::Truncated {
+            what: "encrypted object",
+            needed: SEALED_OVERHEAD,
+            available: stored.len(),
+        });
+    }
+    Ok(())
+}
+
+/// As [`open`], decrypting in `stored` itself, with no copy first: a
+/// payload stored without compression is moved to the front of that
+/// buffer and returned in it.
+pub fn open_owned(keys: &Keys, expected: ObjectKind, mut stored: Vec<u8>) -> Result<Vec<u8>, DecodeError> {
+    check_len(&stored)?;
+    let kind = ObjectKind::of_stored(&stored)?;
     if kind != expected {
         return Err(DecodeError::WrongKind { expected, found: kind.to_string() });
     }
@@ -236,24 +257,17 @@ pub fn open(keys: &Keys, expected: ObjectKind, stored: &[u8]) -> Result<Vec<u8>,
         ObjectKind::Tree => &keys.tree,
         ObjectKind::Version => return Err(DecodeError::Invalid("versions are not encrypted objects".into())),
     };
-    if stored.len() < SEALED_OVERHEAD {
-        return Err(DecodeError::Truncated {
-            what: "encrypted object",
-            needed: SEALED_OVERHEAD,
-            available: stored.len(),
-        });
+    let end = stored.len() - TAG_LEN;
+    {
+        let (prefix, rest) = stored.split_at_mut(SEALED_HEADER_LEN);
+        let (head, nonce) = prefix.split_at(2);
+        let (ct, tag) = rest.split_at_mut(end - SEALED_HEADER_LEN);
+        keys_open(key, nonce, head, ct, tag)?;
     }
-    let (head, rest) = stored.split_at(2);
-    let (nonce, rest) = rest.split_at(NONCE_LEN);
-    let (ct, tag) = rest.split_at(rest.len() - TAG_LEN);
-    let mut plain = ct.to_vec();
-    keys_open(key, nonce, head, &mut plain, tag)?;
+    // The plaintext: a compression flag, then the body.
+    let flag = stored[SEALED_HEADER_LEN];
+    let body = SEALED_HEADER_LEN + 1..end;
     let limit = kind.payload_limit();
-    let (&flag, body) = plain.split_first().ok_or(DecodeError::Truncated {
-        what: "object plaintext",
-        needed: 1,
-        available: 0,
-    })?;
     match flag {
         COMPRESSION_NONE => {
             if body.len() > limit {
@@ -263,10 +277,12 @@ pub fn open(keys: &Keys, expected: ObjectKind, stored: &[u8]) -> Result<Vec<u8>,
                     limit: limit as u64,
                 });
             }
-            plain.remove(0);
-            Ok(plain)
+            let n = body.len();
+            stored.copy_within(body, 0);
+            stored.truncate(n);
+            Ok(stored)
         }
-        COMPRESSION_ZSTD => decompress_bounded(body, limit),
+        COMPRESSION_ZSTD => decompress_bounded(&stored[body], limit),
         other => Err(DecodeError::Invalid(format!("unknown compression {other}"))),
     }
 }
@@ -340,6 +356,17 @@ mod tests {
         let random: Vec<u8> = (0..100_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
         let (_, stored) = seal(&k, ObjectKind::Chunk, &random);
         assert_eq!(open(&k, ObjectKind::Chunk, &stored)?, random);
+        // In its own buffer: the same payloads, compressed or not.
+        assert_eq!(open_owned(&k, ObjectKind::Chunk, stored.clone())?, random);
+        assert_eq!(open_owned(&k, ObjectKind::Chunk, seal(&k, ObjectKind::Chunk, &text).1)?, text);
+        assert_eq!(open_owned(&k, ObjectKind::Chunk, seal(&k, ObjectKind::Chunk, b"").1)?, b"");
+        for at in [0, 2, SEALED_HEADER_LEN, stored.len() / 2, stored.len() - 1] {
+            let mut bad = stored.clone();
+            bad[at] ^= 1;
+            assert!(open_owned(&k, ObjectKind::Chunk, bad).is_err(), "a flip at {at}");
+        }
+        assert!(open_owned(&k, ObjectKind::Tree, stored.clone()).is_err(), "the wrong kind");
+        assert!(open_owned(&k, ObjectKind::Chunk, stored[..SEALED_OVERHEAD - 1].to_vec()).is_err());
         Ok(())
     }
 

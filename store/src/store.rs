@@ -543,7 +543,7 @@ impl Store {
     /// An object's payload (decrypted and decompressed), checked to be of `kind`.
     pub fn get_payload(&self, id: &ObjectId, kind: ObjectKind) -> Result<Vec<u8>, StoreError> {
         let (stored, pack) = self.read_verified(id)?.ok_or(StoreError::NotFound { id: *id })?;
-        object::open(&self.inner.keys, kind, &stored).map_err(|source| StoreError::CorruptObject {
+        object::open_owned(&self.inner.keys, kind, stored).map_err(|source| StoreError::CorruptObject {
             id: *id,
             pack: Some(pack),
             source,
