@@ -442,7 +442,7 @@ pub(crate) trait Feed: Sync {
 /// version whose root tree is `root_tree`, while its trees and chunks are
 /// still arriving: each file is started once `ready` has its first chunk
 /// and written as the others come, in the order a pull fetches them
-/// (shallow paths first). Nothing is recorded: once the version is,
+/// (path order). Nothing is recorded: once the version is,
 /// [`settle_fresh`] moves HEAD to it, and if the transfer fails,
 /// [`undo_fresh`] removes what was written.
 ///
@@ -751,6 +751,7 @@ fn apply(
     let next = std::sync::atomic::AtomicUsize::new(0);
     let failed = std::sync::atomic::AtomicBool::new(false);
     let make_dirs = || -> Result<Written> {
+        let _stop = StopOnPanic(&failed);
         let mut done = Vec::new();
         for p in &dirs {
             if failed.load(std::sync::atomic::Ordering::Relaxed) {
@@ -771,6 +772,7 @@ fn apply(
         Ok(done)
     };
     let work = || -> Result<Written> {
+        let _stop = StopOnPanic(&failed);
         let mut done = Vec::new();
         loop {
             let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -849,6 +851,18 @@ fn apply(
     match first_err {
         Some(e) => Err(e),
         None => Ok(out),
+    }
+}
+
+/// Sets the flag if the thread panics meanwhile: the others then stop
+/// (none waits forever for a folder the panicking thread was making).
+struct StopOnPanic<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Drop for StopOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 }
 
@@ -970,6 +984,122 @@ mod tests {
             batch.write(&f, batch.len).expect("write");
             prop_assert_eq!(batch.len, 0);
             prop_assert_eq!(std::fs::read(&path).expect("read"), expected);
+        }
+    }
+
+    /// Takes everything from the store; `on_ready` runs at each file's wait.
+    struct StoreFeed<F: Fn(&[ObjectId]) -> Result<bool> + Sync>(F);
+
+    impl<F: Fn(&[ObjectId]) -> Result<bool> + Sync> Feed for StoreFeed<F> {
+        fn ready(&self, ids: &[ObjectId]) -> Result<bool> {
+            (self.0)(ids)
+        }
+        fn chunk(&self, store: &Store, id: &ObjectId) -> Result<Vec<u8>> {
+            Ok(store.get_chunk(id)?)
+        }
+        fn expect(&self, _: &mut dyn Iterator<Item = &ObjectId>) {}
+    }
+
+    /// A repository whose store holds a tree of awkward paths; its root.
+    fn awkward_tree(dir: &Path) -> (Repo, ObjectId, BTreeMap<Vec<u8>, Content>) {
+        let repo = Repo::init(&dir.join("r")).expect("init");
+        let w = repo.store().writer().expect("writer");
+        let mut entries: BTreeMap<Vec<u8>, Content> = BTreeMap::new();
+        let file = |p: String, entries: &mut BTreeMap<Vec<u8>, Content>| {
+            let body = format!("content of {p}\n").repeat(3);
+            let fc = w.put_file(body.as_bytes()).expect("put");
+            entries.insert(
+                p.into_bytes(),
+                Content::File { size: fc.size, chunks: fc.chunks, executable: false },
+            );
+        };
+        // Names that sort around '/': "a b", "a-", "a.b" come between "a" and "a/...".
+        for d in ["a", "a b", "a-", "a/b", "a/b/c", "a0", "zdir", "m"] {
+            entries.insert(d.as_bytes().to_vec(), Content::Dir);
+        }
+        for f in ["0first", "a.b", "a b/x", "a-/y", "a/b/c/f", "a/b.c", "a0/z", "zdir/f", "zz"] {
+            file(f.to_string(), &mut entries);
+        }
+        // A deep chain and many sibling folders.
+        let mut p = String::from("m");
+        for i in 0..40 {
+            p = format!("{p}/d{i}");
+            entries.insert(p.clone().into_bytes(), Content::Dir);
+            file(format!("{p}/f"), &mut entries);
+        }
+        for i in 0..300 {
+            entries.insert(format!("w{i:03}").into_bytes(), Content::Dir);
+            file(format!("w{i:03}/f"), &mut entries);
+            entries.insert(format!("w{i:03}/l").into_bytes(), Content::Symlink(b"f".to_vec()));
+        }
+        let root =
+            crate::snapshot::build_trees(&w, entries.iter().map(|(p, c)| (p, c, None))).expect("trees");
+        w.flush().expect("flush");
+        drop(w);
+        (repo, root, entries)
+    }
+
+    #[test]
+    fn a_fresh_checkout_writes_every_awkward_path() {
+        for _ in 0..20 {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let (repo, root, entries) = awkward_tree(dir.path());
+            let feed = StoreFeed(|_: &[ObjectId]| Ok(true));
+            let (_, out) = checkout_fresh(&repo, &root, &feed).expect("checkout").expect("trees");
+            assert!(!out.incomplete, "{out:?}");
+            assert_eq!(out.written.len(), entries.len());
+            for (p, c) in &entries {
+                let abs = abs_path(repo.root(), p);
+                let m = std::fs::symlink_metadata(&abs).expect("there");
+                match c {
+                    Content::Dir => assert!(m.is_dir()),
+                    Content::Symlink(_) => assert!(m.file_type().is_symlink()),
+                    Content::File { .. } => assert_eq!(
+                        std::fs::read(&abs).expect("read"),
+                        format!("content of {}\n", String::from_utf8_lossy(p)).repeat(3).into_bytes()
+                    ),
+                }
+            }
+        }
+    }
+
+    /// The user makes a file where a later folder goes, once writing began:
+    /// the checkout ends (incomplete), leaves it, and does not hang.
+    #[test]
+    fn a_fresh_checkout_with_a_folder_taken_meanwhile_ends() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (repo, root, _) = awkward_tree(dir.path());
+        let mine = repo.root().join("zdir");
+        let feed = StoreFeed(|_: &[ObjectId]| {
+            let _ = std::fs::write(&mine, "mine\n");
+            Ok(true)
+        });
+        let t = std::time::Instant::now();
+        let (_, out) = checkout_fresh(&repo, &root, &feed).expect("checkout").expect("trees");
+        assert!(t.elapsed() < Duration::from_secs(30));
+        assert!(out.incomplete);
+        assert_eq!(std::fs::read(&mine).expect("read"), b"mine\n");
+        assert!(!out.written.contains(&b"zdir".to_vec()));
+    }
+
+    /// A feed that fails part-way: the other thread, waiting for a folder
+    /// nobody makes any more, stops too.
+    #[test]
+    fn a_fresh_checkout_whose_feed_fails_does_not_hang() {
+        for n in [1usize, 2, 3, 10, 50, 200] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let (repo, root, _) = awkward_tree(dir.path());
+            let calls = std::sync::atomic::AtomicUsize::new(0);
+            let feed = StoreFeed(|_: &[ObjectId]| {
+                if calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed) >= n {
+                    return Err(RepoError::Usage("the feed failed".into()));
+                }
+                Ok(true)
+            });
+            let t = std::time::Instant::now();
+            let (_, out) = checkout_fresh(&repo, &root, &feed).expect("checkout").expect("trees");
+            assert!(t.elapsed() < Duration::from_secs(30));
+            assert!(out.incomplete);
         }
     }
 }

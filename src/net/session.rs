@@ -774,13 +774,7 @@ impl Session {
 
         let keys = self.repo.store().keys().clone();
         let mut seen_trees: HashSet<ObjectId> = HashSet::new();
-        // Each chunk once, with the first file it was found in (an index
-        // into `files`) and its size as the tree suggests, for batching.
-        let mut chunks: Vec<(u32, ObjectId, u64)> = Vec::new();
-        let mut seen_chunks: HashSet<ObjectId> = HashSet::new();
-        // The path of each file that brought a chunk not seen before (so
-        // this stays as small as the new content, however many versions).
-        let mut files: Vec<Vec<u8>> = Vec::new();
+        let mut plan = ChunkPlan::default();
         // The path of each tree of the level being walked.
         let mut paths: HashMap<ObjectId, Vec<u8>> = HashMap::new();
         let mut chunk_base: HashMap<ObjectId, ObjectId> = HashMap::new();
@@ -844,15 +838,7 @@ impl Session {
                             // claimed size cannot split batches finer.
                             let each = (size / cs.len().max(1) as u64)
                                 .min(dbox_store::limits::MAX_CHUNK_SIZE as u64);
-                            let before = chunks.len();
-                            // Past u32::MAX files, the rest go last.
-                            let file = u32::try_from(files.len()).unwrap_or(u32::MAX);
-                            chunks.extend(
-                                cs.iter().filter(|c| seen_chunks.insert(**c)).map(|c| (file, *c, each)),
-                            );
-                            if chunks.len() > before && file != u32::MAX {
-                                files.push(join(e.name.as_bytes()));
-                            }
+                            plan.add_file(join(e.name.as_bytes()), cs, each);
                             if let Some(Node::File { chunks: old, .. }) = old {
                                 pair_chunks(cs, old, &mut chunk_base);
                             }
@@ -891,8 +877,7 @@ impl Session {
             paths = next_paths;
         }
         drop(paths);
-        drop(seen_chunks);
-        let chunks = in_checkout_order(chunks, files);
+        let chunks = plan.in_checkout_order();
         // Every tree is with the storing thread. For a clone, whose checkout
         // starts once it can read them all, they are made readable now
         // rather than at the first flush of chunks (64 MiB later). A pull
@@ -967,6 +952,66 @@ impl Session {
             Some(e) => Err(e),
             None => Ok(()),
         }
+    }
+}
+
+/// The chunks a walk finds, each once, with the file the checkout writes
+/// first of those found to hold it (the first in path order), and its size
+/// as the tree suggests, for batching.
+#[derive(Default)]
+struct ChunkPlan {
+    /// (index into `files`, chunk, size).
+    chunks: Vec<(u32, ObjectId, u64)>,
+    /// Where each chunk is in `chunks`.
+    at: HashMap<ObjectId, usize>,
+    /// The path of each file that brought a chunk not seen before, or took
+    /// one over (so this stays as small as the new content, however many
+    /// versions are walked).
+    files: Vec<Vec<u8>>,
+}
+
+impl ChunkPlan {
+    /// Adds the chunks `cs` of the file at `path`.
+    fn add_file(&mut self, path: Vec<u8>, cs: &[ObjectId], each: u64) {
+        // Its index in `files`, once it owns a chunk; past u32::MAX files,
+        // the rest go last.
+        let mut file: Option<u32> = None;
+        let mut own = |files: &mut Vec<Vec<u8>>| -> u32 {
+            *file.get_or_insert_with(|| match u32::try_from(files.len()) {
+                Ok(f) if f != u32::MAX => {
+                    files.push(path.clone());
+                    f
+                }
+                _ => u32::MAX,
+            })
+        };
+        for c in cs {
+            match self.at.get(c) {
+                None => {
+                    let f = own(&mut self.files);
+                    self.at.insert(*c, self.chunks.len());
+                    self.chunks.push((f, *c, each));
+                }
+                // A file the checkout writes earlier (a copy deeper in, or
+                // one found later on the same level) takes the chunk over,
+                // so it is not fetched long after the checkout has started
+                // to wait for it.
+                Some(&at) => {
+                    let owner = self.chunks[at].0;
+                    let earlier = self.files.get(owner as usize).is_none_or(|p| path < *p);
+                    if earlier {
+                        let f = own(&mut self.files);
+                        if f != u32::MAX {
+                            self.chunks[at].0 = f;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn in_checkout_order(self) -> Vec<(ObjectId, u64)> {
+        in_checkout_order(self.chunks, self.files)
     }
 }
 
@@ -1637,6 +1682,22 @@ mod tests {
         let waited = start.elapsed();
         assert!(waited >= ROOM_WAIT_MAX && waited < 2 * ROOM_WAIT_MAX, "{waited:?}");
         assert!((1..4).all(|i| !b.has(&id(i))));
+    }
+
+    #[test]
+    fn a_chunk_goes_with_the_file_the_checkout_writes_first() {
+        let id = |i: u8| ObjectId([i; 32]);
+        let mut plan = ChunkPlan::default();
+        // Found level by level: zz.bin first, then its copy deeper in, then
+        // a file that repeats a chunk of its own, then one sorting later.
+        plan.add_file(b"zz.bin".to_vec(), &[id(1), id(2)], 10);
+        plan.add_file(b"m/x".to_vec(), &[id(3), id(3), id(4)], 10);
+        plan.add_file(b"a/dup.bin".to_vec(), &[id(1), id(2)], 10);
+        plan.add_file(b"n/y".to_vec(), &[id(4), id(5)], 10);
+        assert_eq!(plan.files.len(), 4, "each file that owned a chunk, once");
+        let order: Vec<u8> = plan.in_checkout_order().iter().map(|(c, _)| c.0[0]).collect();
+        // a/dup.bin (1, 2), m/x (3, 4), n/y (5); zz.bin has nothing left.
+        assert_eq!(order, vec![1, 2, 3, 4, 5]);
     }
 
     #[test]

@@ -333,4 +333,102 @@ mod tests {
         assert!(len + 4 <= MAX_HELLO, "{len}");
         assert!(len + 4 <= super::super::tls::PRE_AUTH_WINDOW as usize, "{len}");
     }
+
+    /// Object frames sent in small pieces, back to back: each body is read
+    /// exactly (never into the next frame), in a buffer of its own length;
+    /// one over the limit and one cut short are refused.
+    #[test]
+    fn object_frames_in_pieces_are_read_exactly() {
+        use super::super::tls;
+        use std::net::SocketAddr;
+        let rt =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
+        rt.block_on(async {
+            let skey = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+            let ckey = ed25519_dalek::SigningKey::from_bytes(&[8; 32]);
+            let sid = tls::Identity::new(&skey).expect("id");
+            let cid = tls::Identity::new(&ckey).expect("id");
+            let server = tls::endpoint(
+                SocketAddr::from(([127, 0, 0, 1], 0)),
+                Some(tls::server_config(&sid).expect("cfg")),
+            )
+            .expect("server");
+            let addr = server.local_addr().expect("addr");
+            let client = tls::endpoint(SocketAddr::from(([127, 0, 0, 1], 0)), None).expect("client");
+            let cfg = tls::client_config(
+                &cid,
+                dbox_store::PeerId(skey.verifying_key().to_bytes()),
+                std::sync::Arc::new(std::sync::Mutex::new(None)),
+            )
+            .expect("cfg");
+            let bodies: Vec<Vec<u8>> = [0usize, 1, 5_000, 150_000]
+                .iter()
+                .map(|n| (0..*n).map(|i| (i * 31 + n) as u8).collect())
+                .collect();
+            let sent = bodies.clone();
+            let sender = tokio::spawn(async move {
+                let conn = client.connect_with(cfg, addr, "dbox").expect("connect").await.expect("handshake");
+                let (mut s, _r) = conn.open_bi().await.expect("open");
+                // Frames into one buffer, sent 997 bytes at a time.
+                let mut all = Vec::new();
+                for (i, b) in sent.iter().enumerate() {
+                    let mut head = vec![1u8];
+                    head.extend_from_slice(&[i as u8; 32]);
+                    head.extend_from_slice(&(b.len() as u32).to_be_bytes());
+                    all.extend_from_slice(&head);
+                    all.extend_from_slice(b);
+                }
+                // A delta frame.
+                all.push(2);
+                all.extend_from_slice(&[9; 32]);
+                all.extend_from_slice(&3u32.to_be_bytes());
+                all.extend_from_slice(&[10; 32]);
+                all.extend_from_slice(&[1, 2, 3]);
+                // Over the limit: 200_001 bytes stated.
+                all.push(1);
+                all.extend_from_slice(&[11; 32]);
+                all.extend_from_slice(&200_001u32.to_be_bytes());
+                for piece in all.chunks(997) {
+                    s.write_all(piece).await.expect("write");
+                    tokio::task::yield_now().await;
+                }
+                s.finish().expect("finish");
+                // Cut short: 1000 stated, 10 sent.
+                let (mut s, _r2) = conn.open_bi().await.expect("open");
+                s.write_all(&[1]).await.expect("write");
+                s.write_all(&[12; 32]).await.expect("write");
+                s.write_all(&1000u32.to_be_bytes()).await.expect("write");
+                s.write_all(&[0; 10]).await.expect("write");
+                s.finish().expect("finish");
+                tokio::time::sleep(std::time::Duration::from_secs(20)).await;
+                conn
+            });
+            let conn = server.accept().await.expect("incoming").await.expect("handshake");
+            tls::admit(&conn);
+            let (_s, mut r) = conn.accept_bi().await.expect("accept");
+            for (i, b) in bodies.iter().enumerate() {
+                let (id, frame) = read_object(&mut r, 200_000).await.expect("frame");
+                assert_eq!(id, ObjectId([i as u8; 32]));
+                match frame {
+                    Frame::Whole(got) => {
+                        assert_eq!(&got, b);
+                        assert_eq!(got.capacity(), b.len(), "a buffer of the stated length only");
+                    }
+                    _ => panic!("not whole"),
+                }
+            }
+            match read_object(&mut r, 200_000).await.expect("delta") {
+                (id, Frame::Delta { base, delta }) => {
+                    assert_eq!((id, base, delta), (ObjectId([9; 32]), ObjectId([10; 32]), vec![1, 2, 3]));
+                }
+                _ => panic!("not a delta"),
+            }
+            let Err(e) = read_object(&mut r, 200_000).await else { panic!("over the limit was read") };
+            assert!(e.to_string().contains("over the limit"), "{e}");
+            let (_s2, mut r2) = conn.accept_bi().await.expect("accept");
+            let Err(e) = read_object(&mut r2, 200_000).await else { panic!("cut short was read") };
+            assert!(e.to_string().contains("cut short"), "{e}");
+            drop(sender);
+        });
+    }
 }

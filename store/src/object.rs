@@ -170,10 +170,16 @@ pub fn seal(keys: &Keys, kind: ObjectKind, payload: &[u8]) -> (ObjectId, Vec<u8>
 /// Stored bytes known to hash to their id. Made only by [`Checked::new`],
 /// which hashes them, or [`Checked::seal`], which makes them; so a store
 /// takes them ([`crate::Writer::put_checked`]) without hashing them again.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Checked {
     id: ObjectId,
     stored: Vec<u8>,
+}
+
+impl std::fmt::Debug for Checked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Checked").field("id", &self.id).field("len", &self.stored.len()).finish()
+    }
 }
 
 impl Checked {
