@@ -46,6 +46,12 @@ what negotiating over a long shared history costs. (The figure for 100,000
 versions comes from the Rust test `negotiation_stays_small_on_a_large_graph`
 in tests/sync.rs, which builds the graph without the CLI.)
 
+--loop GIB runs the whole bench in a fresh ext4 file system of that size,
+on a loop device in direct-I/O mode, mounted at --work (root only; made
+before the run, removed after it unless --keep). Direct I/O matters: a
+buffered loop device copies every O_DIRECT pack write into its backing
+file's page cache, which a real disk does not (see bench/RESULTS.md).
+
 Needs rsync, git and GNU time (apt-get install -y rsync time).
 """
 import argparse
@@ -89,6 +95,54 @@ def free_port(kind):
     port = s.getsockname()[1]
     s.close()
     return port
+
+
+def loop_mount(work, gib):
+    """A fresh ext4 file system of `gib` GiB on a loop device in direct-I/O
+    mode, mounted at `work`; returns (image, device)."""
+    if os.geteuid() != 0:
+        die("--loop needs root (losetup, mount)")
+    for tool in ["losetup", "mkfs.ext4", "mount", "umount"]:
+        if not shutil.which(tool):
+            die(f"--loop needs {tool}: apt-get install -y util-linux e2fsprogs mount")
+    if gib <= 0:
+        die("--loop takes a size in GiB, more than 0")
+    os.makedirs(work, exist_ok=True)
+    if os.path.ismount(work) or os.listdir(work):
+        die(f"--loop mounts a new file system at {work}, which must be an empty folder")
+    image = work.rstrip("/") + ".img"
+    if os.path.exists(image):
+        die(f"{image} exists: remove it, or use another --work")
+    with open(image, "wb") as f:
+        f.truncate(int(gib * (1 << 30)))
+    sh(["mkfs.ext4", "-q", "-F", image])
+    dev = sh(["losetup", "--direct-io=on", "--show", "-f", image]).stdout.strip()
+    r = subprocess.run(["mount", dev, work], capture_output=True, text=True)
+    if r.returncode != 0:
+        subprocess.run(["losetup", "-d", dev])
+        os.remove(image)
+        die(f"mount {dev} {work} failed: {r.stderr.strip()}")
+    print(f"--loop: {gib:g} GiB ext4 on {dev} (direct I/O) at {work}", file=sys.stderr)
+    return image, dev
+
+
+def loop_unmount(work, image, dev, keep):
+    if keep:
+        print(f"--keep: still mounted; to remove: umount {work} && losetup -d {dev} && rm {image}",
+              file=sys.stderr)
+        return
+    # The raw figures outlive the file system: into the folder under it.
+    results = os.path.join(work, "results.json")
+    kept = None
+    if os.path.exists(results):
+        with open(results, "rb") as f:
+            kept = f.read()
+    subprocess.run(["umount", work])
+    subprocess.run(["losetup", "-d", dev])
+    os.remove(image)
+    if kept is not None:
+        with open(results, "wb") as f:
+            f.write(kept)
 
 
 def sh(cmd, cwd=None, env=None, check=True):
@@ -518,6 +572,8 @@ def main():
     ap.add_argument("--drop-caches", action="store_true",
                     help="drop the page cache before each tool's step (root only): every tool starts cold")
     ap.add_argument("--no-verify", action="store_true", help="skip the diff of A against B and the rsync copy")
+    ap.add_argument("--loop", type=float, metavar="GIB",
+                    help="run in a fresh ext4 file system of GIB GiB on a direct-I/O loop device at --work (root)")
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--report", metavar="RESULTS_JSON", help="only print the tables of an earlier run")
     args = ap.parse_args()
@@ -533,6 +589,17 @@ def main():
             die(f"{tool} is missing: apt-get install -y git rsync time")
     if not args.no_build:
         subprocess.run(["cargo", "build", "--release", "-q"], cwd=ROOT, check=True)
+    if args.loop is None:
+        run(args, tools)
+        return
+    image, dev = loop_mount(args.work, args.loop)
+    try:
+        run(args, tools)
+    finally:
+        loop_unmount(args.work, image, dev, args.keep)
+
+
+def run(args, tools):
     os.makedirs(args.work, exist_ok=True)
     # Run a private copy, so that a rebuild during the run cannot change the binary.
     global DBOX
