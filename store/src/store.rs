@@ -839,6 +839,18 @@ impl std::fmt::Debug for Writer {
     }
 }
 
+/// Stored bytes of at most [`MAX_OBJECT_SIZE`].
+fn within_object_limit(stored: &[u8]) -> Result<(), StoreError> {
+    if stored.len() > MAX_OBJECT_SIZE {
+        return Err(StoreError::TooLarge {
+            what: "object",
+            size: stored.len() as u64,
+            limit: MAX_OBJECT_SIZE as u64,
+        });
+    }
+    Ok(())
+}
+
 impl Writer {
     /// The store this writer writes to.
     pub fn store(&self) -> &Store {
@@ -887,31 +899,20 @@ impl Writer {
     /// verify and belong to this repository. If the store holds the object
     /// already but every copy is damaged, these bytes are stored anew.
     pub fn put_raw(&self, id: &ObjectId, stored: &[u8]) -> Result<(), StoreError> {
-        if stored.len() > MAX_OBJECT_SIZE {
-            return Err(StoreError::TooLarge {
-                what: "object",
-                size: stored.len() as u64,
-                limit: MAX_OBJECT_SIZE as u64,
-            });
-        }
+        // Before hashing, so an oversized input is not hashed.
+        within_object_limit(stored)?;
         object::check_id(id, stored).map_err(|source| StoreError::InvalidObject { source })?;
         self.put_known(id, stored)
     }
 
     /// As [`Writer::put_raw`], for bytes already checked against their id.
     pub fn put_checked(&self, object: &object::Checked) -> Result<(), StoreError> {
+        within_object_limit(object.bytes())?;
         self.put_known(object.id(), object.bytes())
     }
 
-    /// [`Writer::put_raw`] once the id is known to match.
+    /// [`Writer::put_raw`] once the size is checked and the id known to match.
     fn put_known(&self, id: &ObjectId, stored: &[u8]) -> Result<(), StoreError> {
-        if stored.len() > MAX_OBJECT_SIZE {
-            return Err(StoreError::TooLarge {
-                what: "object",
-                size: stored.len() as u64,
-                limit: MAX_OBJECT_SIZE as u64,
-            });
-        }
         let kind = ObjectKind::of_stored(stored).map_err(|source| StoreError::InvalidObject { source })?;
         if kind == ObjectKind::Version {
             let v =
