@@ -35,6 +35,7 @@ use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags};
@@ -329,9 +330,30 @@ impl NewFile {
         }
     }
 
-    /// Gives the unnamed file the name `name` in `p`'s folder (through
-    /// `/proc/self/fd`, which needs no privilege).
+    /// Gives the unnamed file the name `name` in `p`'s folder: by its
+    /// descriptor (`AT_EMPTY_PATH`, which Linux allows without privilege
+    /// since 6.10 to whoever opened the file), else through
+    /// `/proc/self/fd`, which needs no privilege but costs a walk of
+    /// `/proc` (about a sixth of a fresh checkout's system time for
+    /// `mixed`).
     fn link_unnamed(&self, p: &Place, name: &OsStr) -> rustix::io::Result<()> {
+        /// Cleared once this kernel refused a link by descriptor.
+        static BY_FD: AtomicBool = AtomicBool::new(true);
+        self.link_unnamed_via(&BY_FD, p, name)
+    }
+
+    /// [`NewFile::link_unnamed`], by descriptor while `by_fd` is set.
+    fn link_unnamed_via(&self, by_fd: &AtomicBool, p: &Place, name: &OsStr) -> rustix::io::Result<()> {
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        if by_fd.load(Ordering::Relaxed) {
+            match rfs::linkat(&self.file, "", &*p.dir, name, AtFlags::EMPTY_PATH) {
+                // Older kernels answer ENOENT without the capability.
+                Err(Errno::NOENT | Errno::PERM | Errno::INVAL | Errno::NOSYS) => {
+                    by_fd.store(false, Ordering::Relaxed);
+                }
+                done => return done,
+            }
+        }
         let me = format!("/proc/self/fd/{}", self.file.as_fd().as_raw_fd());
         rfs::linkat(rfs::CWD, me.as_str(), &*p.dir, name, AtFlags::SYMLINK_FOLLOW)
     }
@@ -432,6 +454,28 @@ mod tests {
             .collect();
         names.sort();
         assert_eq!(names, ["free1", "free2", "taken"]);
+    }
+
+    #[test]
+    fn an_unnamed_file_is_linked_by_descriptor_or_through_proc_alike() {
+        let t = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(t.path().join("d")).expect("mkdir");
+        std::fs::write(t.path().join("d/taken"), b"mine").expect("write");
+        let folders = Folders::open(t.path()).expect("open");
+        for by_fd in [true, false] {
+            let flag = AtomicBool::new(by_fd);
+            let name = if by_fd { "fd" } else { "proc" };
+            let place = folders.place(format!("d/{name}").as_bytes()).expect("place");
+            let mut f = NewFile::create(&place, 0o666, true).expect("create");
+            std::io::Write::write_all(&mut f.file, name.as_bytes()).expect("write");
+            f.link_unnamed_via(&flag, &place, &place.name).expect("link");
+            assert_eq!(std::fs::read(t.path().join("d").join(name)).expect("read"), name.as_bytes());
+            let taken = folders.place(b"d/taken").expect("place");
+            let f = NewFile::create(&taken, 0o666, true).expect("create");
+            assert_eq!(f.link_unnamed_via(&flag, &taken, &taken.name), Err(Errno::EXIST));
+        }
+        assert_eq!(std::fs::read(t.path().join("d/taken")).expect("read"), b"mine");
+        assert_eq!(std::fs::read_dir(t.path().join("d")).expect("read_dir").count(), 3);
     }
 
     #[test]
