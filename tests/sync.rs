@@ -333,6 +333,45 @@ fn small_edits_travel_as_deltas_both_ways() -> TestResult {
     Ok(())
 }
 
+/// A level of the tree walk wider than one request: its trees come in
+/// several requests at once (and after an edit, each with its base).
+#[test]
+fn a_wide_tree_is_walked_in_requests_at_once_and_arrives_whole() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let (a, b) = (Dev::new(tmp.path(), "a")?, Dev::new(tmp.path(), "b")?);
+    let ra = tmp.path().join("a");
+    a.ok(tmp.path(), &["init", "a"])?;
+    // 600 folders on one level, 300 beneath them, a file in each.
+    for i in 0..600u64 {
+        write(&ra.join(format!("w/f{i:03}/a.txt")), format!("file {i}\n").repeat(40).as_bytes())?;
+        if i % 2 == 0 {
+            write(&ra.join(format!("w/f{i:03}/sub/b.bin")), common::bytes(1000 + i, 3000))?;
+        }
+    }
+    a.ok(&ra, &["commit", "-m", "wide"])?;
+    let server = a.serve(&ra)?;
+    let tok = token(&a.ok(&ra, &["invite"])?);
+    let rb = tmp.path().join("b");
+    let j = json(&b.ok(tmp.path(), &["clone", &tok, "b", "--json"])?)?;
+    assert_eq!(j["pulled"]["versions"], 1, "{j}");
+    assert_eq!(common::snapshot(&ra)?, common::snapshot(&rb)?);
+
+    // An edit in 400 of the folders: each changed tree has a base to
+    // travel as a delta against.
+    for i in (0..600u64).filter(|i| i % 3 != 0) {
+        insert_into(&ra.join(format!("w/f{i:03}/a.txt")), 0.5, b"an edit\n")?;
+    }
+    write(&ra.join("w/f599/sub/new.txt"), b"new")?;
+    a.ok(&ra, &["commit", "-m", "edits"])?;
+    let j = json(&b.ok(&rb, &["pull", "origin", "--json"])?)?;
+    assert_eq!(j["pulled"]["versions"], 1, "{j}");
+    assert!(j["pulled"]["deltas"].as_u64().unwrap_or(0) > 0, "{j}");
+    assert_eq!(common::snapshot(&ra)?, common::snapshot(&rb)?);
+    b.ok(&rb, &["fsck", "--read-data"])?;
+    drop(server);
+    Ok(())
+}
+
 /// A clone under way: repository `a` (twelve files of 16 MB in `dir`, and
 /// a small text file), served; device b's `dbox clone` of it into `b`.
 struct CloneUnderWay {

@@ -25,6 +25,11 @@ use dbox_store::{
 
 /// `Get` requests in flight at once during a pull.
 pub const PARALLEL_GETS: usize = 8;
+/// Requests a level of the tree walk is fetched in at once.
+const TREE_GETS: usize = 4;
+/// Fewest trees per request when a level is split (a small level goes in
+/// one request).
+const MIN_TREE_BATCH: usize = 64;
 /// Objects per `Get` of chunks.
 const CHUNK_BATCH: usize = 128;
 /// Largest batch of chunks one `Get` asks for, in bytes as the trees
@@ -61,6 +66,8 @@ enum ToStore {
 }
 /// Where received objects go to be stored.
 type Sink = tokio::sync::mpsc::Sender<ToStore>;
+/// Objects to fetch, each with the base this end offers for a delta.
+type Wanted = Vec<(ObjectId, Option<ObjectId>)>;
 /// Trees remembered as complete from the versions a pull builds on.
 const MAX_KNOWN_TREES: usize = 1_000_000;
 
@@ -773,23 +780,25 @@ impl Session {
         }
 
         let keys = self.repo.store().keys().clone();
-        let mut seen_trees: HashSet<ObjectId> = HashSet::new();
-        let mut plan = ChunkPlan::default();
+        let complete = Arc::new(complete);
+        let walk = Arc::new(Mutex::new(Walk::default()));
         // The path of each tree of the level being walked.
-        let mut paths: HashMap<ObjectId, Vec<u8>> = HashMap::new();
-        let mut chunk_base: HashMap<ObjectId, ObjectId> = HashMap::new();
-        let mut level: Vec<(ObjectId, Option<ObjectId>)> = order
-            .iter()
-            .filter_map(|v| {
-                versions.get(v).map(|(sv, _)| (sv.body().root, base_root.get(v).copied().flatten()))
-            })
-            .filter(|(r, _)| !complete.contains(r) && seen_trees.insert(*r))
-            .collect();
+        let mut paths: Arc<HashMap<ObjectId, Vec<u8>>> = Arc::default();
+        let mut level: Vec<(ObjectId, Option<ObjectId>)> = {
+            let mut w = lock(&walk)?;
+            order
+                .iter()
+                .filter_map(|v| {
+                    versions.get(v).map(|(sv, _)| (sv.body().root, base_root.get(v).copied().flatten()))
+                })
+                .filter(|(r, _)| !complete.contains(r) && w.seen_trees.insert(*r))
+                .collect()
+        };
         while !level.is_empty() {
             // Trees we hold are read locally; the others are fetched. Base
             // trees are complete, hence held.
             let store = self.repo.store().clone();
-            let items = level.clone();
+            let items = level;
             let (trees, remote, base_trees) = blocking(move || {
                 let mut have = Vec::new();
                 let mut remote = Vec::new();
@@ -808,75 +817,69 @@ impl Session {
                 Ok((have, remote, bases))
             })
             .await?;
-            let mut next = Vec::new();
-            let mut next_paths = HashMap::new();
-            let mut visit = |tree: &Tree, base: Option<&Tree>, path: &[u8]| {
-                let join = |name: &[u8]| -> Vec<u8> {
-                    let mut p = Vec::with_capacity(path.len() + 1 + name.len());
-                    if !path.is_empty() {
-                        p.extend_from_slice(path);
-                        p.push(b'/');
+            let base_trees = Arc::new(base_trees);
+            let remote_base: Arc<HashMap<ObjectId, ObjectId>> =
+                Arc::new(remote.iter().filter_map(|(id, b)| b.map(|b| (*id, b))).collect());
+            // A level's trees come in several requests at once, each decoded
+            // and walked on whichever thread reads it: the peer reads and
+            // this end decodes on every core, and a level costs about one
+            // round trip instead of one per batch. Each tree is walked as it
+            // comes, so nothing more is held than with one request.
+            let per = remote.len().div_ceil(TREE_GETS).clamp(MIN_TREE_BATCH, MAX_GET);
+            let queue: Arc<Mutex<VecDeque<Wanted>>> =
+                Arc::new(Mutex::new(remote.chunks(per).map(<[_]>::to_vec).collect()));
+            let mut tasks = JoinSet::new();
+            for _ in 0..TREE_GETS.min(remote.len().div_ceil(per)) {
+                let (s, queue, walk, tx) = (self.clone(), queue.clone(), walk.clone(), tx.clone());
+                let (keys, paths, remote_base, base_trees, complete) =
+                    (keys.clone(), paths.clone(), remote_base.clone(), base_trees.clone(), complete.clone());
+                tasks.spawn(async move {
+                    loop {
+                        let Some(batch) = lock(&queue)?.pop_front() else { return Ok(()) };
+                        let ids: Vec<ObjectId> = batch.iter().map(|(id, _)| *id).collect();
+                        let bases: Vec<Option<ObjectId>> = batch.iter().map(|(_, b)| *b).collect();
+                        let progress = s.progress.clone();
+                        s.get(
+                            ObjectKind::Tree,
+                            &ids,
+                            &bases,
+                            |id, bytes| {
+                                let tree = decode_tree(&keys, id, bytes)?;
+                                progress.objects_needed.fetch_add(1, Ordering::Relaxed);
+                                let path = paths.get(id).map_or(&[][..], |p| p.as_slice());
+                                let base = remote_base.get(id).and_then(|b| base_trees.get(b));
+                                lock(&walk)?.visit(&tree, base, path, &complete);
+                                Ok(())
+                            },
+                            Some(&tx),
+                        )
+                        .await?;
                     }
-                    p.extend_from_slice(name);
-                    p
-                };
-                for e in tree.entries() {
-                    let old = base.and_then(|b| b.get(e.name.as_bytes())).map(|o| &o.node);
-                    match &e.node {
-                        Node::Dir { tree } => {
-                            if !complete.contains(tree) && seen_trees.insert(*tree) {
-                                let old = match old {
-                                    Some(Node::Dir { tree }) => Some(*tree),
-                                    _ => None,
-                                };
-                                next.push((*tree, old));
-                                next_paths.insert(*tree, join(e.name.as_bytes()));
-                            }
-                        }
-                        Node::File { chunks: cs, size, .. } => {
-                            // A hint from the peer's tree: bounded, so a
-                            // claimed size cannot split batches finer.
-                            let each = (size / cs.len().max(1) as u64)
-                                .min(dbox_store::limits::MAX_CHUNK_SIZE as u64);
-                            plan.add_file(join(e.name.as_bytes()), cs, each);
-                            if let Some(Node::File { chunks: old, .. }) = old {
-                                pair_chunks(cs, old, &mut chunk_base);
-                            }
-                        }
-                        Node::Symlink { .. } => {}
-                    }
-                }
-            };
-            let remote_base: HashMap<ObjectId, ObjectId> =
-                remote.iter().filter_map(|(id, b)| b.map(|b| (*id, b))).collect();
-            for batch in remote.chunks(MAX_GET) {
-                let progress = self.progress.clone();
-                let ids: Vec<ObjectId> = batch.iter().map(|(id, _)| *id).collect();
-                let bases: Vec<Option<ObjectId>> = batch.iter().map(|(_, b)| *b).collect();
-                self.get(
-                    ObjectKind::Tree,
-                    &ids,
-                    &bases,
-                    |id, bytes| {
-                        let tree = decode_tree(&keys, id, bytes)?;
-                        progress.objects_needed.fetch_add(1, Ordering::Relaxed);
-                        let path = paths.get(id).map_or(&[][..], |p| p.as_slice());
-                        visit(&tree, remote_base.get(id).and_then(|b| base_trees.get(b)), path);
-                        Ok(())
-                    },
-                    Some(tx),
-                )
-                .await?;
+                });
             }
+            let mut first_err = None;
+            while let Some(r) = tasks.join_next().await {
+                let r =
+                    r.map_err(|e| RepoError::Usage(format!("a transfer task failed: {e}"))).and_then(|r| r);
+                if let (Err(e), None) = (r, &first_err) {
+                    first_err = Some(e);
+                    lock(&queue)?.clear();
+                }
+            }
+            if let Some(e) = first_err {
+                return Err(e);
+            }
+            let mut w = lock(&walk)?;
             for (id, base, bytes) in trees {
                 let tree = decode_tree(&keys, &id, &bytes)?;
                 let path = paths.get(&id).map_or(&[][..], |p| p.as_slice());
-                visit(&tree, base.and_then(|b| base_trees.get(&b)), path);
+                w.visit(&tree, base.and_then(|b| base_trees.get(&b)), path, &complete);
             }
-            level = next;
-            paths = next_paths;
+            level = std::mem::take(&mut w.next);
+            paths = Arc::new(std::mem::take(&mut w.next_paths));
         }
         drop(paths);
+        let Walk { plan, chunk_base, .. } = std::mem::take(&mut *lock(&walk)?);
         let chunks = plan.in_checkout_order();
         // Every tree is with the storing thread. For a clone, whose checkout
         // starts once it can read them all, they are made readable now
@@ -953,6 +956,66 @@ impl Session {
             None => Ok(()),
         }
     }
+}
+
+/// What the walk of new trees has found so far.
+#[derive(Default)]
+struct Walk {
+    /// Trees already queued (each is walked once).
+    seen_trees: HashSet<ObjectId>,
+    plan: ChunkPlan,
+    /// For a changed file's new chunks, the old chunk each replaces.
+    chunk_base: HashMap<ObjectId, ObjectId>,
+    /// The next level: new trees, each with the tree at its path in the base.
+    next: Vec<(ObjectId, Option<ObjectId>)>,
+    /// The path of each tree of the next level.
+    next_paths: HashMap<ObjectId, Vec<u8>>,
+}
+
+impl Walk {
+    /// Takes in `tree`, found at `path`, with `base` the tree at the same
+    /// path in the base version; trees in `complete` are not walked.
+    fn visit(&mut self, tree: &Tree, base: Option<&Tree>, path: &[u8], complete: &HashSet<ObjectId>) {
+        let join = |name: &[u8]| -> Vec<u8> {
+            let mut p = Vec::with_capacity(path.len() + 1 + name.len());
+            if !path.is_empty() {
+                p.extend_from_slice(path);
+                p.push(b'/');
+            }
+            p.extend_from_slice(name);
+            p
+        };
+        for e in tree.entries() {
+            let old = base.and_then(|b| b.get(e.name.as_bytes())).map(|o| &o.node);
+            match &e.node {
+                Node::Dir { tree } => {
+                    if !complete.contains(tree) && self.seen_trees.insert(*tree) {
+                        let old = match old {
+                            Some(Node::Dir { tree }) => Some(*tree),
+                            _ => None,
+                        };
+                        self.next.push((*tree, old));
+                        self.next_paths.insert(*tree, join(e.name.as_bytes()));
+                    }
+                }
+                Node::File { chunks: cs, size, .. } => {
+                    // A hint from the peer's tree: bounded, so a claimed
+                    // size cannot split batches finer.
+                    let each = (size / cs.len().max(1) as u64).min(dbox_store::limits::MAX_CHUNK_SIZE as u64);
+                    self.plan.add_file(join(e.name.as_bytes()), cs, each);
+                    if let Some(Node::File { chunks: old, .. }) = old {
+                        pair_chunks(cs, old, &mut self.chunk_base);
+                    }
+                }
+                Node::Symlink { .. } => {}
+            }
+        }
+    }
+}
+
+/// Locks `m`; a lock whose holder panicked is an error, not a panic here.
+fn lock<T>(m: &Mutex<T>) -> Result<std::sync::MutexGuard<'_, T>> {
+    m.lock().map_err(|_| RepoError::Usage("a transfer task panicked".into()))
 }
 
 /// The chunks a walk finds, each once, with the file the checkout writes
