@@ -202,6 +202,10 @@ impl Session {
     /// nothing to do): that period serves only a close that got lost, and
     /// a lost close costs the peer no more than its idle timeout.
     pub async fn close(&self) {
+        // Closed already (by the peer, or an error): nothing more goes out.
+        if self.conn.close_reason().is_some() {
+            return;
+        }
         let sent = self.conn.stats().udp_tx.datagrams;
         self.conn.close(0u32.into(), b"done");
         if self._endpoint.is_none() {
