@@ -49,6 +49,18 @@ pub fn set_lock_notice(notice: fn(Option<u32>)) {
     let _ = LOCK_NOTICE.set(notice);
 }
 
+/// `store`'s writer lock, waiting for it up to [`LOCK_WAIT`]; if another
+/// process holds it, the lock notice (see [`set_lock_notice`]) is told
+/// first.
+pub fn store_writer(store: &Store) -> Result<dbox_store::Writer> {
+    let notice = LOCK_NOTICE.get().copied();
+    Ok(store.writer_wait_notify(LOCK_WAIT, &mut |pid| {
+        if let Some(f) = notice {
+            f(pid);
+        }
+    })?)
+}
+
 /// An open repository.
 #[derive(Clone, Debug)]
 pub struct Repo {
@@ -153,12 +165,7 @@ impl Repo {
     /// another process holds it, the lock notice (see [`set_lock_notice`])
     /// is told first.
     pub fn lock_writer(&self) -> Result<dbox_store::Writer> {
-        let notice = LOCK_NOTICE.get().copied();
-        Ok(self.store.writer_wait_notify(LOCK_WAIT, &mut |pid| {
-            if let Some(f) = notice {
-                f(pid);
-            }
-        })?)
+        store_writer(&self.store)
     }
 
     /// The version the working tree is based on.

@@ -71,7 +71,7 @@ impl std::fmt::Display for Advance {
 /// The decision and the move happen under the writer lock, so no commit
 /// slips in between; an edit made meanwhile makes the checkout refuse.
 pub fn advance_worktree(repo: &Repo) -> Result<Advance> {
-    let writer = repo.store().writer_wait(crate::repo::LOCK_WAIT)?;
+    let writer = crate::repo::store_writer(repo.store())?;
     let graph = repo.graph()?;
     let heads = graph.heads();
     let head = repo.head()?;

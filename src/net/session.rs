@@ -18,7 +18,7 @@ use crate::error::{RepoError, Result};
 use crate::fsutil::{file_stamp, Kept};
 use crate::graph::Graph;
 use crate::members::Members;
-use crate::repo::{Repo, LOCK_WAIT};
+use crate::repo::Repo;
 use dbox_store::{
     object, Node, ObjectId, ObjectKind, PeerId, SignedVersion, Tree, VersionId, VersionInfo, Writer,
 };
@@ -769,7 +769,7 @@ impl Session {
         let repo = self.repo.clone();
         let progress = self.progress.clone();
         let n = blocking(move || {
-            let writer = repo.store().writer_wait(LOCK_WAIT)?;
+            let writer = crate::repo::store_writer(repo.store())?;
             for id in &order {
                 if let Some((v, _)) = versions.get(id) {
                     writer.put_raw(&ObjectId::from(*id), v.stored())?;
@@ -1611,9 +1611,11 @@ const LOCK_PAUSE: Duration = Duration::from_millis(50);
 fn store_one(store: &dbox_store::Store, held: &mut Option<Held>, b: &object::Checked) -> Result<()> {
     let h = match held {
         Some(h) => h,
-        None => {
-            held.insert(Held { writer: store.writer_wait(LOCK_WAIT)?, since: Instant::now(), unflushed: 0 })
-        }
+        None => held.insert(Held {
+            writer: crate::repo::store_writer(store)?,
+            since: Instant::now(),
+            unflushed: 0,
+        }),
     };
     h.writer.put_checked(b)?;
     h.unflushed += b.bytes().len() as u64;
