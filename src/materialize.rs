@@ -351,8 +351,15 @@ fn write_entry(
 }
 
 /// Writes `version` (or some of its paths) into the working tree, or into
-/// `opts.to`. HEAD does not move.
+/// `opts.to`. HEAD does not move. Into the working tree, it waits for the
+/// writer lock (up to [`crate::repo::LOCK_WAIT`]) and holds it.
 pub fn restore(repo: &Repo, version: &VersionId, opts: &RestoreOptions) -> Result<Outcome> {
+    // Into the working tree, the writer lock is held as by a checkout: no
+    // commit, checkout or pull moves the tree or HEAD meanwhile.
+    let _w = match opts.to {
+        None => Some(repo.lock_writer()?),
+        Some(_) => None,
+    };
     let head = repo.head()?;
     let base = load_base(repo, head)?;
     let full = flatten_version(repo, version)?;

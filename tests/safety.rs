@@ -255,6 +255,10 @@ fn a_command_waiting_for_the_lock_says_who_holds_it() -> TestResult {
     let err = run_behind_the_lock(&env, &repo, &["checkout", "HEAD~1"])?;
     assert!(err.contains(&me), "{err}");
     assert_eq!(std::fs::read_to_string(repo.join("a.txt"))?, "one");
+    std::fs::remove_file(repo.join("a.txt"))?;
+    let err = run_behind_the_lock(&env, &repo, &["restore", "a.txt"])?;
+    assert!(err.contains(&me), "{err}");
+    assert_eq!(std::fs::read_to_string(repo.join("a.txt"))?, "one");
     Ok(())
 }
 
