@@ -369,18 +369,23 @@ impl NewFile {
 
     /// [`NewFile::link_unnamed`], by descriptor while `by_fd` is set.
     fn link_unnamed_via(&self, by_fd: &AtomicBool, p: &Place, name: &OsStr) -> rustix::io::Result<()> {
+        let mut refused = false;
         #[cfg(any(target_os = "linux", target_os = "android"))]
         if by_fd.load(Ordering::Relaxed) {
             match rfs::linkat(&self.file, "", &*p.dir, name, AtFlags::EMPTY_PATH) {
-                // Older kernels answer ENOENT without the capability.
-                Err(Errno::NOENT | Errno::PERM | Errno::INVAL | Errno::NOSYS) => {
-                    by_fd.store(false, Ordering::Relaxed);
-                }
+                // Older kernels answer ENOENT without the capability; so
+                // does a folder removed meanwhile, hence the test below.
+                Err(Errno::NOENT | Errno::PERM | Errno::INVAL | Errno::NOSYS) => refused = true,
                 done => return done,
             }
         }
         let me = format!("/proc/self/fd/{}", self.file.as_fd().as_raw_fd());
-        rfs::linkat(rfs::CWD, me.as_str(), &*p.dir, name, AtFlags::SYMLINK_FOLLOW)
+        let r = rfs::linkat(rfs::CWD, me.as_str(), &*p.dir, name, AtFlags::SYMLINK_FOLLOW);
+        // Only where `/proc` reached the folder was the refusal the kernel's.
+        if refused && matches!(r, Ok(()) | Err(Errno::EXIST)) {
+            by_fd.store(false, Ordering::Relaxed);
+        }
+        r
     }
 
     /// Removes the temporary name of a file that will not be placed.
@@ -501,6 +506,26 @@ mod tests {
         }
         assert_eq!(std::fs::read(t.path().join("d/taken")).expect("read"), b"mine");
         assert_eq!(std::fs::read_dir(t.path().join("d")).expect("read_dir").count(), 3);
+    }
+
+    #[test]
+    fn a_folder_removed_meanwhile_does_not_turn_linking_by_descriptor_off() {
+        let t = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(t.path().join("d")).expect("mkdir");
+        let folders = Folders::open(t.path()).expect("open");
+        let flag = AtomicBool::new(true);
+        let place = folders.place(b"d/one").expect("place");
+        let f = NewFile::create(&place, 0o666, true).expect("create");
+        f.link_unnamed_via(&flag, &place, &place.name).expect("link");
+        eprintln!("after a good link: by_fd = {}", flag.load(Ordering::Relaxed));
+        // The folder goes away under an open handle: ENOENT, not the kernel's refusal.
+        let place = folders.place(b"d/two").expect("place");
+        let f = NewFile::create(&place, 0o666, true).expect("create");
+        std::fs::remove_file(t.path().join("d/one")).expect("rm");
+        std::fs::remove_dir(t.path().join("d")).expect("rmdir");
+        let r = f.link_unnamed_via(&flag, &place, &place.name);
+        eprintln!("into a removed folder: {r:?}; by_fd = {}", flag.load(Ordering::Relaxed));
+        assert!(flag.load(Ordering::Relaxed), "a removed folder turned linking by descriptor off for good");
     }
 
     #[test]

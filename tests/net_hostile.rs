@@ -1071,6 +1071,12 @@ enum Serving {
     /// Answers every object offered with a base by a tiny delta that
     /// rebuilds the largest payload of its kind (not the object).
     HugeDeltas,
+    /// The k-th tree served (counting from 0) comes with one byte
+    /// changed; the others as they are.
+    BadTreeAt(usize),
+    /// Objects offered with a base go whole until the k-th, then
+    /// as [`Serving::HugeDeltas`].
+    HugeDeltasFrom(usize),
 }
 
 /// What [`serve_repo`] saw and did.
@@ -1080,6 +1086,8 @@ struct Served {
     whole: std::sync::atomic::AtomicUsize,
     /// Deltas sent.
     deltas: std::sync::atomic::AtomicUsize,
+    /// Trees served.
+    trees: std::sync::atomic::AtomicUsize,
 }
 
 /// Answers `repo`'s requests like a member would, except for `Get`s
@@ -1140,7 +1148,16 @@ fn serve_repo(
                                 if base.is_none() {
                                     served.whole.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                                 }
-                                let b = repo.store().try_get_raw(&id).ok().flatten();
+                                let mut b = repo.store().try_get_raw(&id).ok().flatten();
+                                if let (Serving::BadTreeAt(k), Some(stored)) = (serving, b.as_mut()) {
+                                    if dbox::store::ObjectKind::of_stored(stored).ok()
+                                        == Some(dbox::store::ObjectKind::Tree)
+                                        && served.trees.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == k
+                                    {
+                                        let n = stored.len();
+                                        stored[n - 1] ^= 1;
+                                    }
+                                }
                                 match (serving, base, &b) {
                                     (Serving::Slowly(delay), _, _) if n >= 2 => {
                                         tokio::time::sleep(delay).await
@@ -1161,7 +1178,14 @@ fn serve_repo(
                                         write_delta(&mut send, &id, &base, &delta).await?;
                                         continue;
                                     }
-                                    (Serving::HugeDeltas, Some(base), Some(stored)) => {
+                                    (Serving::HugeDeltasFrom(k), Some(_), Some(_))
+                                        if served.trees.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+                                            < k => {}
+                                    (
+                                        Serving::HugeDeltas | Serving::HugeDeltasFrom(_),
+                                        Some(base),
+                                        Some(stored),
+                                    ) => {
                                         let size = match dbox::store::ObjectKind::of_stored(stored) {
                                             Ok(dbox::store::ObjectKind::Tree) => {
                                                 dbox::store::limits::MAX_TREE_SIZE
@@ -1590,5 +1614,169 @@ fn thousands_of_members_still_fit_the_hello() -> TestResult {
         assert_eq!(r.code, 0, "{r:?}");
     }
     assert_eq!(dbox::members::Members::load(&Repo::open(&p.rb)?)?.len(), 4002);
+    Ok(())
+}
+
+/// A pusher whose wide level of trees has one bad tree in one of
+/// the requests running at once: the pull stops with a clean error,
+/// nothing becomes visible, and the server keeps serving.
+#[test]
+fn a_bad_tree_in_a_wide_level_stops_the_pull() -> TestResult {
+    let mut p = pair()?;
+    for i in 0..400u64 {
+        write(&p.rb.join(format!("w/d{i:03}/f.txt")), format!("file {i}\n"))?;
+        write(&p.rb.join(format!("w/d{i:03}/s/g.txt")), format!("sub {i}\n"))?;
+    }
+    p.b.ok(&p.rb, &["commit", "-m", "wide on b"])?;
+    let before = version_count(&p.a, &p.ra)?;
+    for k in [2usize, 150] {
+        let t = Instant::now();
+        let (answer, served) = push_served(&p, Serving::BadTreeAt(k))?;
+        let trees = served.trees.load(std::sync::atomic::Ordering::SeqCst);
+        eprintln!("bad tree {k}: {:?} after {:?}, {trees} trees served", answer, t.elapsed());
+        expect_refusal("a bad tree", Ok(answer), "does not match its id")?;
+        assert_eq!(version_count(&p.a, &p.ra)?, before);
+        p.server.assert_alive()?;
+    }
+    p.a.ok(&p.ra, &["fsck", "--read-data"])?;
+    let (answer, _) = push_served(&p, Serving::BadTreeAt(usize::MAX))?;
+    assert!(matches!(answer, Response::Announced(ref t) if t.versions == 1), "{answer:?}");
+    p.a.ok(&p.ra, &["fsck", "--read-data"])?;
+    Ok(())
+}
+
+fn threads_of(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task")).map(|d| d.count()).unwrap_or(0)
+}
+
+/// A member asks for large objects in 16 requests at once, over
+/// and over, reads a little of each, then (a) stops reading, (b) vanishes
+/// without a close. The server's memory stays bounded, its reading threads
+/// end, and it keeps serving.
+#[test]
+fn a_reader_that_stops_and_vanishes_leaves_nothing_behind() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let (a, b) = (Dev::new(tmp.path(), "a")?, Dev::new(tmp.path(), "b")?);
+    let ra = tmp.path().join("a");
+    a.ok(tmp.path(), &["init", "a"])?;
+    for i in 0..4u64 {
+        write(&ra.join(format!("big{i}.bin")), common::bytes(100 + i, 12 << 20))?;
+    }
+    a.ok(&ra, &["commit", "-m", "big"])?;
+    let server = a.serve(&ra)?;
+    let tok = token(&a.ok(&ra, &["invite", "--expires", "10m"])?);
+    let rb = tmp.path().join("b");
+    b.ok(tmp.path(), &["clone", &tok, "b"])?;
+    let pid = server.child.id();
+    let repo = Repo::open(&ra)?;
+    let mut big: Vec<(usize, ObjectId)> = Vec::new();
+    for id in repo.store().list_objects()? {
+        let raw = repo.store().get_raw(&id)?;
+        if dbox::store::ObjectKind::of_stored(&raw).ok() == Some(dbox::store::ObjectKind::Chunk) {
+            big.push((raw.len(), id));
+        }
+    }
+    big.sort();
+    big.reverse();
+    eprintln!("{} chunks, largest {} bytes", big.len(), big[0].0);
+    let ids: Vec<[u8; 32]> = (0..4096).map(|i| big[i % big.len()].1 .0).collect();
+    let base_threads = threads_of(pid);
+    let t0 = Instant::now();
+    let base_rss = rss_kib(pid);
+    let a_id = a.peer_id()?;
+    let addr: SocketAddr = server.addr.parse()?;
+    let repo_id = repo.store().repo_id();
+    let key = b.device()?;
+    let rt = runtime()?;
+    let (peak_rss, peak_threads) = rt.block_on(async {
+        let (ep, conn) = raw_connect(key.signing_key(), a_id, addr, dbox::net::ALPN).await?;
+        match raw_hello(&conn, &hello(repo_id, None, Vec::new())).await? {
+            Welcome::Ok { .. } => {}
+            Welcome::Refused { reason } => return Err(format!("refused: {reason}").into()),
+        }
+        let mut streams = Vec::new();
+        for _ in 0..16 {
+            let (mut send, mut recv) = conn.open_bi().await?;
+            write_msg(&mut send, &Request::Get { ids: ids_to_wire(ids.iter().copied()), bases: Vec::new() })
+                .await?;
+            let _ = send.finish();
+            // One object of each, then nothing more is read. Once the
+            // connection's window is full of what is not read, later
+            // requests get nothing: a second is enough to see that.
+            let _ = tokio::time::timeout(
+                Duration::from_secs(1),
+                dbox::net::wire::read_object(&mut recv, 64 << 20),
+            )
+            .await;
+            streams.push((send, recv));
+        }
+        eprintln!("16 requests under way after {:?}", t0.elapsed());
+        let (mut peak_rss, mut peak_threads) = (0, 0);
+        for _ in 0..30 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            peak_rss = peak_rss.max(rss_kib(pid));
+            peak_threads = peak_threads.max(threads_of(pid));
+        }
+        // Vanish: no close goes out (the runtime below is dropped with it).
+        std::mem::forget(streams);
+        std::mem::forget(conn);
+        std::mem::forget(ep);
+        Ok::<_, Box<dyn std::error::Error>>((peak_rss, peak_threads))
+    })?;
+    rt.shutdown_background();
+    eprintln!("server rss {base_rss} KiB before, {peak_rss} KiB at most while stalled; threads {base_threads} -> {peak_threads}");
+    // The idle timeout (15 s) ends the connection; then every reader stops.
+    let t = Instant::now();
+    common::wait_for("the server's reading threads did not end", Duration::from_secs(90), || {
+        Ok(server.log().matches(" disconnected").count() >= 2)
+    })?;
+    eprintln!("threads back to {} after {:?}; log:\n{}", threads_of(pid), t.elapsed(), server.log());
+    let r = b.run(&rb, &["pull", "origin"])?;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(peak_rss < base_rss + 16 * 40 * 1024, "{peak_rss} KiB");
+    Ok(())
+}
+
+/// Huge wrong deltas for a wide level of changed trees: how many
+/// are sent (each decoded to 64 MiB unless the session already stopped
+/// taking deltas), and the server's peak memory.
+#[test]
+fn huge_wrong_deltas_on_a_wide_level_are_taken_whole_in_bounded_memory() -> TestResult {
+    let mut p = pair()?;
+    for i in 0..400u64 {
+        write(&p.rb.join(format!("w/d{i:03}/f.txt")), format!("file {i}\n"))?;
+    }
+    p.b.ok(&p.rb, &["commit", "-m", "wide on b"])?;
+    p.b.ok(&p.rb, &["push", "origin"])?;
+    for i in 0..400u64 {
+        write(&p.rb.join(format!("w/d{i:03}/f.txt")), format!("file {i}, edited\n"))?;
+    }
+    p.b.ok(&p.rb, &["commit", "-m", "edits on b"])?;
+    let pid = p.server.child.id();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (stop2, peak) = (stop.clone(), Arc::new(std::sync::atomic::AtomicU64::new(0)));
+    let peak2 = peak.clone();
+    let before = rss_kib(pid);
+    let watcher = std::thread::spawn(move || {
+        while !stop2.load(std::sync::atomic::Ordering::SeqCst) {
+            peak2.fetch_max(rss_kib(pid), std::sync::atomic::Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    });
+    let (answer, served) = push_served(&p, Serving::HugeDeltasFrom(2))?;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let _ = watcher.join();
+    let deltas = served.deltas.load(std::sync::atomic::Ordering::SeqCst);
+    eprintln!(
+        "{deltas} huge deltas sent; server rss {before} KiB before, {} KiB at most; {answer:?}",
+        peak.load(std::sync::atomic::Ordering::SeqCst)
+    );
+    assert!(matches!(answer, Response::Announced(ref t) if t.versions == 1), "{answer:?}");
+    // At most one 64 MiB rebuild per request at once (four), and the
+    // session stops taking deltas after the first that fails.
+    let peak = peak.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(peak < before + 320 * 1024, "server rss {before} KiB before, {peak} KiB at most");
+    p.server.assert_alive()?;
+    p.a.ok(&p.ra, &["fsck", "--read-data"])?;
     Ok(())
 }

@@ -771,3 +771,82 @@ fn concurrent_edits_on_two_peers_merge_and_all_three_converge() -> TestResult {
     drop(server);
     Ok(())
 }
+
+/// Pulls in a row with nothing new. Each must close its session on
+/// the server at once: a close that never went out holds one of the
+/// member's four sessions until the idle timeout (15 s).
+#[test]
+fn rapid_pulls_each_close_their_session() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let (a, b) = (Dev::new(tmp.path(), "a")?, Dev::new(tmp.path(), "b")?);
+    let ra = tmp.path().join("a");
+    a.ok(tmp.path(), &["init", "a"])?;
+    write(&ra.join("x.txt"), b"x")?;
+    a.ok(&ra, &["commit", "-m", "x"])?;
+    let server = a.serve(&ra)?;
+    let tok = token(&a.ok(&ra, &["invite"])?);
+    let rb = tmp.path().join("b");
+    b.ok(tmp.path(), &["clone", &tok, "b"])?;
+    let n: usize = std::env::var("DBOX_TEST_PULLS").ok().and_then(|s| s.parse().ok()).unwrap_or(40);
+    let mut late = Vec::new();
+    let mut times = Vec::new();
+    for i in 0..n {
+        let t = Instant::now();
+        let args: &[&str] = if i % 2 == 0 { &["pull", "origin"] } else { &["sync", "origin"] };
+        b.ok(&rb, args)?;
+        times.push(t.elapsed().as_millis());
+        let t = Instant::now();
+        loop {
+            let log = server.log();
+            if log.matches(" connected").count() == log.matches(" disconnected").count() {
+                break;
+            }
+            if t.elapsed() > Duration::from_secs(3) {
+                late.push(i);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    eprintln!("pull times (ms): {times:?}\nconnected: {}", server.log().matches(" connected").count());
+    eprintln!("{}", server.log().lines().take(8).collect::<Vec<_>>().join("\n"));
+    assert!(late.is_empty(), "sessions not closed within 3 s after pulls {late:?}\n{}", server.log());
+    Ok(())
+}
+
+/// One subtree at many paths on a wide level, and a deep chain:
+/// every copy arrives, and after edits to some copies the pull is right.
+#[test]
+fn a_subtree_at_many_paths_on_a_wide_level_arrives_whole() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let (a, b) = (Dev::new(tmp.path(), "a")?, Dev::new(tmp.path(), "b")?);
+    let ra = tmp.path().join("a");
+    a.ok(tmp.path(), &["init", "a"])?;
+    for i in 0..400u64 {
+        write(&ra.join(format!("w/d{i:03}/same/a.txt")), "same text\n".repeat(50))?;
+        write(&ra.join(format!("w/d{i:03}/same/b.bin")), common::bytes(7, 5000))?;
+        write(&ra.join(format!("w/d{i:03}/own.txt")), format!("own {i}\n"))?;
+    }
+    let mut deep = ra.join("deep");
+    for l in 0..60 {
+        deep = deep.join(format!("l{l}"));
+    }
+    write(&deep.join("f.txt"), b"deep")?;
+    a.ok(&ra, &["commit", "-m", "wide"])?;
+    let server = a.serve(&ra)?;
+    let tok = token(&a.ok(&ra, &["invite"])?);
+    let rb = tmp.path().join("b");
+    b.ok(tmp.path(), &["clone", &tok, "b"])?;
+    assert_eq!(common::snapshot(&ra)?, common::snapshot(&rb)?);
+    for i in (0..400u64).filter(|i| i % 2 == 1) {
+        write(&ra.join(format!("w/d{i:03}/same/a.txt")), "same text\nedited\n".repeat(50))?;
+    }
+    write(&deep.join("g.txt"), b"deeper")?;
+    a.ok(&ra, &["commit", "-m", "edits"])?;
+    let j = json(&b.ok(&rb, &["pull", "origin", "--json"])?)?;
+    assert_eq!(j["pulled"]["versions"], 1, "{j}");
+    assert_eq!(common::snapshot(&ra)?, common::snapshot(&rb)?);
+    b.ok(&rb, &["fsck", "--read-data"])?;
+    drop(server);
+    Ok(())
+}

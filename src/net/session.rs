@@ -206,17 +206,20 @@ impl Session {
         if self.conn.close_reason().is_some() {
             return;
         }
-        let sent = self.conn.stats().udp_tx.datagrams;
+        let before = self.conn.stats().udp_tx.datagrams;
         self.conn.close(0u32.into(), b"done");
         if self._endpoint.is_none() {
             return;
         }
-        let deadline = tokio::time::Instant::now() + CLOSE_WAIT;
-        while self.conn.stats().udp_tx.datagrams == sent && tokio::time::Instant::now() < deadline {
+        // The driver counts a datagram and hands it to the socket under one
+        // lock. One counted while `close` ran may be the close or something
+        // sent just before it: then one more datagram, or a few ms, ends it.
+        let after = self.conn.stats().udp_tx.datagrams;
+        let wait = if after == before { CLOSE_WAIT } else { Duration::from_millis(10) };
+        let deadline = tokio::time::Instant::now() + wait;
+        while self.conn.stats().udp_tx.datagrams == after && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        // The driver hands a datagram to the socket right after counting it.
-        tokio::task::yield_now().await;
     }
 
     fn members_snapshot(&self) -> Members {
@@ -923,7 +926,9 @@ impl Session {
                     r.map_err(|e| RepoError::Usage(format!("a transfer task failed: {e}"))).and_then(|r| r);
                 if let (Err(e), None) = (r, &first_err) {
                     first_err = Some(e);
+                    // The others' answers are no longer wanted.
                     lock(&queue)?.clear();
+                    tasks.abort_all();
                 }
             }
             if let Some(e) = first_err {
@@ -1009,6 +1014,7 @@ impl Session {
                 if let Ok(mut q) = queue.lock() {
                     q.clear();
                 }
+                tasks.abort_all();
             }
         }
         match first_err {
