@@ -214,29 +214,7 @@ fn run_behind_the_lock(
     repo: &Path,
     args: &[&str],
 ) -> Result<String, Box<dyn std::error::Error>> {
-    use std::io::{BufRead, Write};
-    let mut lock = std::fs::OpenOptions::new().read(true).write(true).open(repo.join(".dbox/store/lock"))?;
-    lock.lock()?;
-    lock.set_len(0)?;
-    writeln!(lock, "{}", std::process::id())?;
-    let mut child = env.command(repo, args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
-    let stderr = child.stderr.take().ok_or("no stderr")?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        let mut all = String::new();
-        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("waiting for") {
-                let _ = tx.send(());
-            }
-            all.push_str(&line);
-            all.push('\n');
-        }
-        all
-    });
-    let said = rx.recv_timeout(Duration::from_secs(20)).is_ok();
-    lock.unlock()?;
-    let status = child.wait()?;
-    let err = reader.join().map_err(|_| "stderr reader")?;
+    let (said, status, err) = common::behind_the_lock(repo, env.command(repo, args))?;
     assert!(said, "{args:?} did not say it waits: {err}");
     assert!(status.success(), "{args:?} failed once the lock was free: {err}");
     Ok(err)

@@ -376,7 +376,6 @@ fn a_wide_tree_is_walked_in_requests_at_once_and_arrives_whole() -> TestResult {
 /// goes on once it is free.
 #[test]
 fn a_pull_waiting_for_the_lock_says_who_holds_it() -> TestResult {
-    use std::io::Write;
     let tmp = tempfile::tempdir()?;
     let (a, b) = (Dev::new(tmp.path(), "a")?, Dev::new(tmp.path(), "b")?);
     let ra = tmp.path().join("a");
@@ -390,30 +389,7 @@ fn a_pull_waiting_for_the_lock_says_who_holds_it() -> TestResult {
     write(&ra.join("two.txt"), b"two")?;
     a.ok(&ra, &["commit", "-m", "two"])?;
 
-    // As another dbox process would: the lock taken, its pid in the file.
-    let mut lock = std::fs::OpenOptions::new().read(true).write(true).open(rb.join(".dbox/store/lock"))?;
-    lock.lock()?;
-    lock.set_len(0)?;
-    writeln!(lock, "{}", std::process::id())?;
-    let mut child =
-        b.command(&rb, &["pull", "origin"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
-    let stderr = child.stderr.take().ok_or("no stderr")?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        let mut all = String::new();
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("waiting for") {
-                let _ = tx.send(());
-            }
-            all.push_str(&line);
-            all.push('\n');
-        }
-        all
-    });
-    let said = rx.recv_timeout(Duration::from_secs(20)).is_ok();
-    lock.unlock()?;
-    let status = child.wait()?;
-    let err = reader.join().map_err(|_| "stderr reader")?;
+    let (said, status, err) = common::behind_the_lock(&rb, b.command(&rb, &["pull", "origin"]))?;
     assert!(said, "the pull did not say it waits: {err}");
     let me = format!("another dbox process (pid {}) to release the repository lock", std::process::id());
     assert!(err.contains(&me), "{err}");

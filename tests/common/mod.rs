@@ -144,3 +144,39 @@ pub fn snapshot(root: &Path) -> std::io::Result<Vec<(String, String)>> {
     out.sort();
     Ok(out)
 }
+
+/// Runs `command` while this process holds the writer lock of the
+/// repository at `repo` (as another dbox process would, its pid in the lock
+/// file), and lets go once the command says it is waiting (or after 20 s).
+/// Returns whether it said so, how it ended, and what it wrote to stderr.
+#[allow(dead_code)]
+pub fn behind_the_lock(
+    repo: &Path,
+    mut command: std::process::Command,
+) -> Result<(bool, std::process::ExitStatus, String), Box<dyn std::error::Error>> {
+    use std::io::{BufRead, Write};
+    let mut lock = std::fs::OpenOptions::new().read(true).write(true).open(repo.join(".dbox/store/lock"))?;
+    lock.lock()?;
+    lock.set_len(0)?;
+    writeln!(lock, "{}", std::process::id())?;
+    let mut child =
+        command.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn()?;
+    let stderr = child.stderr.take().ok_or("no stderr")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("waiting for") {
+                let _ = tx.send(());
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let said = rx.recv_timeout(std::time::Duration::from_secs(20)).is_ok();
+    lock.unlock()?;
+    let status = child.wait()?;
+    let err = reader.join().map_err(|_| "stderr reader")?;
+    Ok((said, status, err))
+}
