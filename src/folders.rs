@@ -359,8 +359,8 @@ impl NewFile {
     /// descriptor (`AT_EMPTY_PATH`, which Linux allows without privilege
     /// since 6.10 to whoever opened the file), else through
     /// `/proc/self/fd`, which needs no privilege but costs a walk of
-    /// `/proc` (about a sixth of a fresh checkout's system time for
-    /// `mixed`).
+    /// `/proc` (29 of the 1,414 samples of a clone of `mixed`, about 4 %
+    /// of its system time).
     fn link_unnamed(&self, p: &Place, name: &OsStr) -> rustix::io::Result<()> {
         /// Cleared once this kernel refused a link by descriptor.
         static BY_FD: AtomicBool = AtomicBool::new(true);
