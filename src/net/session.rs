@@ -861,12 +861,11 @@ impl Session {
             // Trees we hold are read locally; the others are fetched. Base
             // trees are complete, hence held.
             let store = self.repo.store().clone();
-            let items = level;
             let (trees, remote, base_trees) = blocking(move || {
                 let mut have = Vec::new();
                 let mut remote = Vec::new();
                 let mut bases: HashMap<ObjectId, Tree> = HashMap::new();
-                for (id, base) in items {
+                for (id, base) in level {
                     if let Some(b) = base {
                         if let std::collections::hash_map::Entry::Vacant(slot) = bases.entry(b) {
                             slot.insert(store.get_tree(&b)?);
@@ -881,59 +880,29 @@ impl Session {
             })
             .await?;
             let base_trees = Arc::new(base_trees);
-            let remote_base: Arc<HashMap<ObjectId, ObjectId>> =
-                Arc::new(remote.iter().filter_map(|(id, b)| b.map(|b| (*id, b))).collect());
             // A level's trees come in several requests at once, each decoded
             // and walked on whichever thread reads it: the peer reads and
             // this end decodes on every core, and a level costs about one
             // round trip instead of one per batch. Each tree is walked as it
             // comes, so nothing more is held than with one request.
             let per = remote.len().div_ceil(TREE_GETS).clamp(MIN_TREE_BATCH, MAX_GET);
-            let queue: Arc<Mutex<VecDeque<Wanted>>> =
-                Arc::new(Mutex::new(remote.chunks(per).map(<[_]>::to_vec).collect()));
-            let mut tasks = JoinSet::new();
-            for _ in 0..TREE_GETS.min(remote.len().div_ceil(per)) {
-                let (s, queue, walk, tx) = (self.clone(), queue.clone(), walk.clone(), tx.clone());
-                let (keys, paths, remote_base, base_trees, complete) =
-                    (keys.clone(), paths.clone(), remote_base.clone(), base_trees.clone(), complete.clone());
-                tasks.spawn(async move {
-                    loop {
-                        let Some(batch) = lock(&queue)?.pop_front() else { return Ok(()) };
-                        let ids: Vec<ObjectId> = batch.iter().map(|(id, _)| *id).collect();
-                        let bases: Vec<Option<ObjectId>> = batch.iter().map(|(_, b)| *b).collect();
-                        let progress = s.progress.clone();
-                        s.get(
-                            ObjectKind::Tree,
-                            &ids,
-                            &bases,
-                            |id, bytes| {
-                                let tree = decode_tree(&keys, id, bytes)?;
-                                progress.objects_needed.fetch_add(1, Ordering::Relaxed);
-                                let path = paths.get(id).map_or(&[][..], |p| p.as_slice());
-                                let base = remote_base.get(id).and_then(|b| base_trees.get(b));
-                                lock(&walk)?.visit(&tree, base, path, &complete);
-                                Ok(())
-                            },
-                            Some(&tx),
-                        )
-                        .await?;
-                    }
-                });
-            }
-            let mut first_err = None;
-            while let Some(r) = tasks.join_next().await {
-                let r =
-                    r.map_err(|e| RepoError::Usage(format!("a transfer task failed: {e}"))).and_then(|r| r);
-                if let (Err(e), None) = (r, &first_err) {
-                    first_err = Some(e);
-                    // The others' answers are no longer wanted.
-                    lock(&queue)?.clear();
-                    tasks.abort_all();
+            let batches = remote.chunks(per).map(<[_]>::to_vec).collect();
+            let take = {
+                let (progress, keys, paths, walk, complete) =
+                    (self.progress.clone(), keys.clone(), paths.clone(), walk.clone(), complete.clone());
+                let base_trees = base_trees.clone();
+                let remote_base: Arc<HashMap<ObjectId, ObjectId>> =
+                    Arc::new(remote.iter().filter_map(|(id, b)| b.map(|b| (*id, b))).collect());
+                move |id: &ObjectId, bytes: &[u8]| {
+                    let tree = decode_tree(&keys, id, bytes)?;
+                    progress.objects_needed.fetch_add(1, Ordering::Relaxed);
+                    let path = paths.get(id).map_or(&[][..], |p| p.as_slice());
+                    let base = remote_base.get(id).and_then(|b| base_trees.get(b));
+                    lock(&walk)?.visit(&tree, base, path, &complete);
+                    Ok(())
                 }
-            }
-            if let Some(e) = first_err {
-                return Err(e);
-            }
+            };
+            self.get_batches(ObjectKind::Tree, batches, TREE_GETS, take, tx).await?;
             let mut w = lock(&walk)?;
             for (id, base, bytes) in trees {
                 let tree = decode_tree(&keys, &id, &bytes)?;
@@ -974,9 +943,8 @@ impl Session {
         })
         .await?;
         self.progress.objects_needed.fetch_add(wanted.len() as u64, Ordering::Relaxed);
-        type Batch = Vec<(ObjectId, Option<ObjectId>)>;
-        let mut batches: VecDeque<Batch> = VecDeque::new();
-        let (mut batch, mut batch_bytes): (Batch, u64) = (Vec::new(), 0);
+        let mut batches: VecDeque<Wanted> = VecDeque::new();
+        let (mut batch, mut batch_bytes): (Wanted, u64) = (Vec::new(), 0);
         for (item, size) in wanted {
             if batch.len() == CHUNK_BATCH
                 || (!batch.is_empty() && batch_bytes.saturating_add(size) > BATCH_BYTES)
@@ -990,18 +958,34 @@ impl Session {
         if !batch.is_empty() {
             batches.push_back(batch);
         }
-        let queue: Arc<Mutex<VecDeque<Batch>>> = Arc::new(Mutex::new(batches));
+        self.get_batches(ObjectKind::Chunk, batches, PARALLEL_GETS, |_: &ObjectId, _: &[u8]| Ok(()), tx).await
+    }
+
+    /// Fetches `batches` of objects of `kind`, one `Get` each, up to
+    /// `at_once` at a time; each object goes through `take` (as in
+    /// [`Session::get`]) and to `tx`. The first failure stops the others.
+    async fn get_batches<F>(
+        self: &Arc<Self>,
+        kind: ObjectKind,
+        batches: VecDeque<Wanted>,
+        at_once: usize,
+        take: F,
+        tx: &Sink,
+    ) -> Result<()>
+    where
+        F: Fn(&ObjectId, &[u8]) -> Result<()> + Clone + Send + Sync + 'static,
+    {
+        let workers = at_once.min(batches.len());
+        let queue = Arc::new(Mutex::new(batches));
         let mut tasks = JoinSet::new();
-        for _ in 0..PARALLEL_GETS {
-            let s = self.clone();
-            let q = queue.clone();
-            let tx = tx.clone();
+        for _ in 0..workers {
+            let (s, queue, tx, take) = (self.clone(), queue.clone(), tx.clone(), take.clone());
             tasks.spawn(async move {
                 loop {
-                    let Some(batch) = q.lock().ok().and_then(|mut q| q.pop_front()) else { return Ok(()) };
+                    let Some(batch) = lock(&queue)?.pop_front() else { return Ok(()) };
                     let ids: Vec<ObjectId> = batch.iter().map(|(id, _)| *id).collect();
                     let bases: Vec<Option<ObjectId>> = batch.iter().map(|(_, b)| *b).collect();
-                    s.get(ObjectKind::Chunk, &ids, &bases, |_, _| Ok(()), Some(&tx)).await?;
+                    s.get(kind, &ids, &bases, &take, Some(&tx)).await?;
                 }
             });
         }
@@ -1011,9 +995,7 @@ impl Session {
             if let (Err(e), None) = (r, &first_err) {
                 first_err = Some(e);
                 // Stop the others: nothing more is needed if one failed.
-                if let Ok(mut q) = queue.lock() {
-                    q.clear();
-                }
+                lock(&queue)?.clear();
                 tasks.abort_all();
             }
         }
