@@ -217,8 +217,10 @@ impl Forge {
 /// by `tail`.
 pub fn pack_bytes(b: &PackBuilder, tail: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(b.len() + tail.len());
-    b.write_to(tail, |block| {
-        out.extend_from_slice(block);
+    b.write_to(tail, |len, fill| {
+        let at = out.len();
+        out.resize(at + len, 0);
+        fill(0, &mut out[at..]);
         Ok(())
     })
     .expect("writing to memory cannot fail");

@@ -44,6 +44,17 @@ impl<'a> TmpFile<'a> {
         f.write_all(buf).map_err(StoreError::io("write", &self.path))
     }
 
+    /// Appends `len` bytes made in place by `fill`: see
+    /// [`WriteFile::write_filled`].
+    pub(crate) fn write_filled(
+        &mut self,
+        len: usize,
+        fill: &mut dyn FnMut(usize, &mut [u8]),
+    ) -> Result<(), StoreError> {
+        let f = self.file.as_mut().expect("the file is open until commit");
+        f.write_filled(len, fill).map_err(StoreError::io("write", &self.path))
+    }
+
     /// Makes the file durable under `dest`, replacing any file there.
     pub(crate) fn commit(mut self, dest: &Path) -> Result<(), StoreError> {
         let mut f = self.file.take().expect("the file is open until commit");

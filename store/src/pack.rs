@@ -161,10 +161,14 @@ impl PackBuilder {
     /// nonce, so a retried write never gives a second file whose body
     /// matches the first one's byte for byte (which would tell a storage
     /// peer holding both that they hold the same objects).
+    ///
+    /// `sink(len, fill)` takes `len` more bytes that `fill` makes in place,
+    /// as [`crate::vfs::WriteFile::write_filled`]: the keystream goes
+    /// straight into the file's own buffer, with no copy between.
     pub fn write_to(
         &self,
         tail: &[u8],
-        mut sink: impl FnMut(&[u8]) -> Result<(), StoreError>,
+        mut sink: impl FnMut(usize, Fill<'_>) -> Result<(), StoreError>,
     ) -> Result<PackId, StoreError> {
         // Small enough that a block is still in the core's cache when it
         // is hashed and written.
@@ -175,21 +179,24 @@ impl PackBuilder {
         fill_random(&mut nonce)?;
         prefix[PACK_PREFIX_LEN..].copy_from_slice(&nonce);
         let mut h = blake3::Hasher::new();
-        h.update(&prefix);
-        sink(&prefix)?;
-        let mut block = vec![0u8; BLOCK];
+        copy_to(&prefix, &mut h, &mut sink)?;
         let mut off = BODY_START;
         while off < self.buf.len() {
             let end = (off + BLOCK).min(self.buf.len());
-            let out = &mut block[..end - off];
             let pos = (off - BODY_START) as u64;
-            self.keys.pack_body.xor_blake3_into(&nonce, pos, &self.buf[off..end], out);
-            h.update(out);
-            sink(out)?;
+            sink(end - off, &mut |at, out| {
+                let from = off + at;
+                self.keys.pack_body.xor_blake3_into(
+                    &nonce,
+                    pos + at as u64,
+                    &self.buf[from..from + out.len()],
+                    out,
+                );
+                h.update(out);
+            })?;
             off = end;
         }
-        h.update(tail);
-        sink(tail)?;
+        copy_to(tail, &mut h, &mut sink)?;
         Ok(PackId(*h.finalize().as_bytes()))
     }
 
@@ -338,9 +345,40 @@ pub fn read_header(file: &dyn ReadAt, len: u64, keys: &Keys) -> Result<Vec<PackE
     Ok(entries)
 }
 
+/// What a [`PackBuilder::write_to`] sink is given with each length: makes
+/// those bytes in place, called in order with the offset into them and a
+/// part to overwrite entirely.
+pub type Fill<'a> = &'a mut dyn FnMut(usize, &mut [u8]);
+
+/// Gives `bytes` to a [`PackBuilder::write_to`] sink, hashing them.
+fn copy_to(
+    bytes: &[u8],
+    h: &mut blake3::Hasher,
+    sink: &mut impl FnMut(usize, Fill<'_>) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    sink(bytes.len(), &mut |at, out| {
+        out.copy_from_slice(&bytes[at..at + out.len()]);
+        h.update(out);
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A [`PackBuilder::write_to`] sink into `file` that has each write
+    /// made in two parts, as a file's buffer boundary would split it.
+    fn to_vec(file: &mut Vec<u8>) -> impl FnMut(usize, Fill<'_>) -> Result<(), StoreError> + '_ {
+        move |len, fill| {
+            let at = file.len();
+            file.resize(at + len, 0);
+            let cut = len / 3;
+            fill(0, &mut file[at..at + cut]);
+            fill(cut, &mut file[at + cut..]);
+            Ok(())
+        }
+    }
+
     use crate::crypto::RepoKey;
     use std::io;
 
@@ -557,7 +595,7 @@ mod tests {
             }
             let tail = b.seal()?;
             let mut file = Vec::new();
-            b.write_to(&tail, |c| { file.extend_from_slice(c); Ok(()) })?;
+            b.write_to(&tail, to_vec(&mut file))?;
             let body = read_body_stream(&Mem(file.clone()))?;
             let body_len = b.buf.len() - BODY_START;
             if body_len == 0 {
@@ -595,10 +633,7 @@ mod tests {
         assert_eq!(b.get(&e2), b"world!");
         let tail = b.seal()?;
         let mut bytes = Vec::new();
-        let id = b.write_to(&tail, |chunk| {
-            bytes.extend_from_slice(chunk);
-            Ok(())
-        })?;
+        let id = b.write_to(&tail, to_vec(&mut bytes))?;
         assert!(!bytes.windows(5).any(|w| w == b"hello"), "objects are hidden in the pack");
         let body = read_body_stream(&Mem(bytes.clone()))?;
         assert_eq!(body.format, PACK_FORMAT);
@@ -608,10 +643,7 @@ mod tests {
         // Writing the same pack again draws a new body nonce: no two files
         // share their body bytes.
         let mut again = Vec::new();
-        b.write_to(&tail, |chunk| {
-            again.extend_from_slice(chunk);
-            Ok(())
-        })?;
+        b.write_to(&tail, to_vec(&mut again))?;
         assert_eq!(again.len(), bytes.len());
         assert_ne!(read_body_stream(&Mem(again.clone()))?.nonce, body.nonce);
         assert_ne!(again[BODY_START..BODY_START + 64], bytes[BODY_START..BODY_START + 64]);

@@ -773,7 +773,7 @@ impl Core {
         let b = &p.pack.builder;
         let tail = b.seal()?;
         let mut tmp = TmpFile::create_direct(&*inner.vfs, &inner.root.join("tmp"))?;
-        let pack = b.write_to(&tail, |block| tmp.write(block))?;
+        let pack = b.write_to(&tail, |len, fill| tmp.write_filled(len, fill))?;
         tmp.commit(&pack_path(&inner.root, &pack))?;
         self.store.write_state().add_pack(pack, b.entries().to_vec());
         *written = true;

@@ -21,6 +21,16 @@ pub mod fault;
 pub trait WriteFile: Send {
     /// Appends all of `buf`.
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()>;
+    /// Appends `len` bytes that `fill` makes in place: it is called in
+    /// order with the offset into those bytes and a part of them to
+    /// overwrite entirely. A file that gathers writes in its own buffers
+    /// has them made there, without a copy; by default they are made in a
+    /// new buffer and written.
+    fn write_filled(&mut self, len: usize, fill: &mut dyn FnMut(usize, &mut [u8])) -> io::Result<()> {
+        let mut buf = vec![0u8; len];
+        fill(0, &mut buf);
+        self.write_all(&buf)
+    }
     /// Makes the contents durable (fsync). A file dropped without it may
     /// not hold everything written (it is about to be removed).
     fn sync_all(&mut self) -> io::Result<()>;
@@ -231,6 +241,22 @@ impl WriteFile for DirectWriteFile {
         Ok(())
     }
 
+    fn write_filled(&mut self, len: usize, fill: &mut dyn FnMut(usize, &mut [u8])) -> io::Result<()> {
+        let mut done = 0;
+        while done < len {
+            let st = &mut self.stage;
+            let n = (len - done).min(DIRECT_STAGE - st.filled);
+            let at = st.start + st.filled;
+            fill(done, &mut st.buf[at..at + n]);
+            st.filled += n;
+            done += n;
+            if st.filled == DIRECT_STAGE {
+                self.send(false)?;
+            }
+        }
+        Ok(())
+    }
+
     fn sync_all(&mut self) -> io::Result<()> {
         self.send(true)?;
         self.finish()?.sync_all()
@@ -401,10 +427,10 @@ impl Vfs for OsFs {
 mod tests {
     use super::*;
 
-    /// Writes `len` bytes in pieces of the sizes `pieces` cycles through,
-    /// then reads the file back.
+    /// Writes `len` bytes in pieces of the sizes `pieces` cycles through
+    /// (made in place with `filled`), then reads the file back.
     #[cfg(target_os = "linux")]
-    fn direct_roundtrip(dir: &Path, len: usize, pieces: &[usize]) -> io::Result<()> {
+    fn direct_roundtrip(dir: &Path, len: usize, pieces: &[usize], filled: bool) -> io::Result<()> {
         let data: Vec<u8> = (0..len).map(|i| (i * 7 + i / 4096) as u8).collect();
         let path = dir.join(format!("f{len}"));
         let mut f = OsFs.create_new_direct(&path)?;
@@ -414,7 +440,17 @@ mod tests {
                 break;
             }
             let end = (at + n).min(len);
-            f.write_all(&data[at..end])?;
+            if filled {
+                let mut next = at;
+                f.write_filled(end - at, &mut |off, dst| {
+                    assert_eq!(at + off, next, "parts come in order");
+                    dst.copy_from_slice(&data[at + off..at + off + dst.len()]);
+                    next += dst.len();
+                })?;
+                assert_eq!(next, end, "every byte asked for is made");
+            } else {
+                f.write_all(&data[at..end])?;
+            }
             at = end;
         }
         f.sync_all()?;
@@ -445,8 +481,10 @@ mod tests {
         let dir = tempfile::tempdir()?;
         for len in lengths() {
             for pieces in [&[36, 256 << 10][..], &[1 << 30], &[1, 4095, 7000]] {
-                direct_roundtrip(dir.path(), len, pieces)?;
-                fs::remove_file(dir.path().join(format!("f{len}")))?;
+                for filled in [false, true] {
+                    direct_roundtrip(dir.path(), len, pieces, filled)?;
+                    fs::remove_file(dir.path().join(format!("f{len}")))?;
+                }
             }
         }
         Ok(())
@@ -458,7 +496,7 @@ mod tests {
         // tmpfs refused O_DIRECT before Linux 6.6; either way the bytes land.
         let Ok(dir) = tempfile::tempdir_in("/dev/shm") else { return Ok(()) };
         for len in lengths() {
-            direct_roundtrip(dir.path(), len, &[36, 256 << 10])?;
+            direct_roundtrip(dir.path(), len, &[36, 256 << 10], len % 2 == 1)?;
         }
         // Only the files written are there: a refused open leaves nothing.
         assert_eq!(fs::read_dir(dir.path())?.count(), lengths().len());
