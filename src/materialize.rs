@@ -19,9 +19,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use dbox_store::{ObjectId, Store, VersionId};
+use dbox_store::{ObjectId, Store, Tree, VersionId};
 use rustix::fs::FileType;
 
 use crate::cache::{Cache, CacheEntry, Content};
@@ -443,6 +444,11 @@ pub(crate) trait Feed: Sync {
     /// Told, before any [`Feed::chunk`], every chunk the checkout will
     /// ask for (once per use), so that the feed holds on to those only.
     fn expect(&self, chunks: &mut dyn Iterator<Item = &ObjectId>);
+    /// A tree the feed holds, decoded as it arrived, waiting for it while
+    /// the trees arrive; `None` to read it from the store.
+    fn tree(&self, _id: &ObjectId) -> Result<Option<Arc<Tree>>> {
+        Ok(None)
+    }
 }
 
 /// Fills the empty working tree of a repository being cloned with the
@@ -465,8 +471,15 @@ pub(crate) fn checkout_fresh(
     root_tree: &ObjectId,
     ready: &dyn Feed,
 ) -> Result<Option<(Flat, Outcome)>> {
+    // The trees come from the feed, as the transfer decoded them, where it
+    // holds them: read back from the store, they would cost a flush, a read
+    // from the device and a second decoding before the first file.
+    let mut get = |id: &ObjectId| match ready.tree(id)? {
+        Some(t) => Ok(t),
+        None => Ok(Arc::new(repo.store().get_tree(id)?)),
+    };
     let target = loop {
-        match crate::snapshot::flatten(repo.store(), root_tree) {
+        match crate::snapshot::flatten_with(root_tree, &mut get) {
             Ok(t) => break t,
             Err(RepoError::Store(dbox_store::StoreError::NotFound { id })) => {
                 if !ready.ready(&[id])? {

@@ -12,7 +12,7 @@ use std::fs::File;
 use std::path::Path;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use dbox_store::{
     object, Chunker, Name, Node, ObjectId, ObjectKind, SignedVersion, Store, Tree, TreeEntry, VersionBody,
@@ -44,11 +44,19 @@ pub const MAX_VERSION_PATH_BYTES: usize = 256 << 20;
 /// (as a hostile tree reusing one subtree under many names could be) is
 /// refused before it exhausts memory.
 pub fn flatten(store: &Store, root: &ObjectId) -> Result<BTreeMap<Vec<u8>, FlatEntry>> {
+    flatten_with(root, &mut |id| Ok(Arc::new(store.get_tree(id)?)))
+}
+
+/// [`flatten`] with the trees from `get`.
+pub fn flatten_with(
+    root: &ObjectId,
+    get: &mut dyn FnMut(&ObjectId) -> Result<Arc<Tree>>,
+) -> Result<BTreeMap<Vec<u8>, FlatEntry>> {
     let mut out = BTreeMap::new();
     let mut stack = vec![(Vec::new(), *root)];
     let mut path_bytes = 0usize;
     while let Some((prefix, tree_id)) = stack.pop() {
-        let tree = store.get_tree(&tree_id)?;
+        let tree = get(&tree_id)?;
         if out.len() + tree.entries().len() > MAX_VERSION_PATHS {
             return Err(RepoError::Damaged {
                 path: "version".into(),

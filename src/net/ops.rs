@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_bytes::ByteBuf;
 use tokio::task::JoinSet;
 
-use super::session::{blocking, Log, Progress, Session};
+use super::session::{blocking, Log, Progress, Session, TreeHere};
 use super::tls::{self, Identity};
 use super::wire::{read_msg, read_msg_limited, write_msg, Hello, Taken, Welcome, MAX_HELLO};
 use super::{invite, timed, NetError, CONNECT_TIMEOUT, PROTOCOL};
@@ -547,6 +547,19 @@ impl crate::materialize::Feed for CloneFeed {
             }
             // Awaited: the storing thread does not wait for room meanwhile.
             self.arrived.wait_for(id, READY_POLL);
+        }
+    }
+
+    fn tree(&self, id: &ObjectId) -> Result<Option<Arc<dbox_store::Tree>>> {
+        loop {
+            // Read before looking: once set, the walk is over, one way or the other.
+            let finished = self.done.load(std::sync::atomic::Ordering::SeqCst);
+            match self.arrived.tree(id, READY_POLL) {
+                TreeHere::Kept(t) => return Ok(Some(t)),
+                TreeHere::NotKept => return Ok(None),
+                TreeHere::NotYet if finished => return Ok(None),
+                TreeHere::NotYet => {}
+            }
         }
     }
 

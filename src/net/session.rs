@@ -49,6 +49,10 @@ const ARRIVED_BYTES: usize = 16 << 20;
 /// What one kept chunk costs beside its bytes (map entries, the
 /// allocation), counted against [`ARRIVED_BYTES`].
 const ARRIVED_ENTRY: usize = 160;
+/// Decoded trees [`Arrived`] holds for a clone's checkout, at most (as
+/// estimated by [`tree_cost`]); beyond, the checkout reads them from the
+/// store.
+const ARRIVED_TREE_BYTES: usize = 64 << 20;
 /// Received objects are made durable at least this often (bytes).
 pub const FLUSH_EVERY: u64 = 64 << 20;
 /// Received objects waiting to be written, at most.
@@ -890,6 +894,7 @@ impl Session {
             let take = {
                 let (progress, keys, paths, walk, complete) =
                     (self.progress.clone(), keys.clone(), paths.clone(), walk.clone(), complete.clone());
+                let arrived = self.arrived.get().cloned();
                 let base_trees = base_trees.clone();
                 let remote_base: Arc<HashMap<ObjectId, ObjectId>> =
                     Arc::new(remote.iter().filter_map(|(id, b)| b.map(|b| (*id, b))).collect());
@@ -899,6 +904,9 @@ impl Session {
                     let path = paths.get(id).map_or(&[][..], |p| p.as_slice());
                     let base = remote_base.get(id).and_then(|b| base_trees.get(b));
                     lock(&walk)?.visit(&tree, base, path, &complete);
+                    if let Some(a) = &arrived {
+                        a.keep_tree(*id, tree);
+                    }
                     Ok(())
                 }
             };
@@ -908,6 +916,9 @@ impl Session {
                 let tree = decode_tree(&keys, &id, &bytes)?;
                 let path = paths.get(&id).map_or(&[][..], |p| p.as_slice());
                 w.visit(&tree, base.and_then(|b| base_trees.get(&b)), path, &complete);
+                if let Some(a) = self.arrived.get() {
+                    a.keep_tree(id, tree);
+                }
             }
             level = std::mem::take(&mut w.next);
             paths = Arc::new(std::mem::take(&mut w.next_paths));
@@ -915,11 +926,11 @@ impl Session {
         drop(paths);
         let Walk { plan, chunk_base, .. } = std::mem::take(&mut *lock(&walk)?);
         let chunks = plan.in_checkout_order();
-        // Every tree is with the storing thread. For a clone, whose checkout
-        // starts once it can read them all, they are made readable now
-        // rather than at the first flush of chunks (64 MiB later). A pull
-        // keeps to one pack where it can.
-        if self.arrived.get().is_some() {
+        // Every tree is with the storing thread. A clone's checkout plans
+        // from the trees the walk kept in memory; any it could not keep are
+        // made readable now rather than at the first flush of chunks (64 MiB
+        // later). A pull keeps to one pack where it can.
+        if self.arrived.get().is_some_and(|a| !a.trees_walked()) {
             tx.send(ToStore::Flush)
                 .await
                 .map_err(|_| RepoError::Usage("the storing thread stopped".into()))?;
@@ -1403,7 +1414,14 @@ fn store_loop(
 /// hash again), and when it was let go, a clone of `mixed` read 71–77 % of
 /// its chunks back. It waits also before the checkout has said what it
 /// needs (at most [`ROOM_WAIT_MAX`] in all): chunks are asked for only once
-/// every tree is stored, so the checkout can plan and say it meanwhile.
+/// every tree has arrived, so the checkout can plan and say it meanwhile.
+///
+/// For that plan it holds the trees too, decoded as the walk took them
+/// ([`Arrived::keep_tree`], up to [`ARRIVED_TREE_BYTES`]), until the
+/// checkout has planned: reading them back from the store would first need
+/// a flush, then a read from the device and a second decoding of each. On
+/// a clone of `mixed` (14,500 trees) the plan was ready 0.26–0.30 s after
+/// the last tree came that way, and 0.03 s this way.
 ///
 /// It does not wait when the checkout waits for a chunk that is not here:
 /// that chunk may be behind this one. The chunks around it are then kept up
@@ -1413,6 +1431,8 @@ fn store_loop(
 /// kept, and is read from the store once flushed.
 pub struct Arrived {
     limit: usize,
+    /// See [`ARRIVED_TREE_BYTES`].
+    tree_limit: usize,
     inner: Mutex<ArrivedInner>,
     /// Told of every chunk kept.
     came: std::sync::Condvar,
@@ -1436,6 +1456,43 @@ struct ArrivedInner {
     unplanned_until: Option<Instant>,
     /// The checkout ended: nobody takes any more.
     closed: bool,
+    /// Trees the walk decoded, for the checkout's plan: it starts from
+    /// these at once rather than after a flush, a read from the device and
+    /// a second decoding of each. Dropped once it has planned.
+    trees: HashMap<ObjectId, Arc<Tree>>,
+    /// What `trees` hold, as [`tree_cost`] estimates.
+    tree_bytes: usize,
+    /// The walk ended: a tree not here is to be read from the store.
+    trees_walked: bool,
+    /// Some tree the walk took is not here (over the bound).
+    trees_dropped: bool,
+    /// Takers waiting for a tree.
+    tree_waiters: u32,
+}
+
+/// Whether [`Arrived`] holds a tree.
+pub enum TreeHere {
+    /// Here, decoded.
+    Kept(Arc<Tree>),
+    /// Not here, nor to come: read it from the store.
+    NotKept,
+    /// Not here yet; the walk goes on.
+    NotYet,
+}
+
+/// About what a decoded tree takes in memory.
+fn tree_cost(tree: &Tree) -> usize {
+    64 + tree
+        .entries()
+        .iter()
+        .map(|e| {
+            let chunks = match &e.node {
+                Node::File { chunks, .. } => chunks.len() * std::mem::size_of::<ObjectId>(),
+                _ => 0,
+            };
+            std::mem::size_of::<dbox_store::TreeEntry>() + e.name.as_bytes().len() + chunks
+        })
+        .sum::<usize>()
 }
 
 /// Longest the storing thread waits for room for one chunk.
@@ -1445,6 +1502,7 @@ impl Arrived {
     fn new(limit: usize) -> Self {
         Self {
             limit,
+            tree_limit: ARRIVED_TREE_BYTES,
             inner: Mutex::new(ArrivedInner::default()),
             came: std::sync::Condvar::new(),
             room: std::sync::Condvar::new(),
@@ -1509,15 +1567,73 @@ impl Arrived {
             keep
         });
         a.wanted = Some(wanted);
+        // Planned: the trees are no longer wanted.
+        a.trees = HashMap::new();
+        a.tree_bytes = 0;
         self.room.notify_all();
+    }
+
+    /// Keeps a tree the walk decoded, within [`ARRIVED_TREE_BYTES`], until
+    /// the checkout has planned.
+    pub fn keep_tree(&self, id: ObjectId, tree: Tree) {
+        let Ok(mut a) = self.inner.lock() else { return };
+        if a.closed || a.wanted.is_some() || a.trees.contains_key(&id) {
+            return;
+        }
+        let cost = tree_cost(&tree);
+        if a.tree_bytes + cost > self.tree_limit {
+            a.trees_dropped = true;
+            return;
+        }
+        a.tree_bytes += cost;
+        a.trees.insert(id, Arc::new(tree));
+        if a.tree_waiters > 0 {
+            drop(a);
+            self.came.notify_all();
+        }
+    }
+
+    /// The walk ended; whether every tree it took is here.
+    pub fn trees_walked(&self) -> bool {
+        let Ok(mut a) = self.inner.lock() else { return false };
+        a.trees_walked = true;
+        let all = !a.trees_dropped;
+        drop(a);
+        self.came.notify_all();
+        all
+    }
+
+    /// A tree held here, waiting up to `wait` for it while the walk goes
+    /// on.
+    pub fn tree(&self, id: &ObjectId, wait: Duration) -> TreeHere {
+        let Ok(mut a) = self.inner.lock() else { return TreeHere::NotKept };
+        let deadline = Instant::now() + wait;
+        loop {
+            if let Some(t) = a.trees.get(id) {
+                return TreeHere::Kept(t.clone());
+            }
+            if a.trees_walked || a.closed || a.wanted.is_some() {
+                return TreeHere::NotKept;
+            }
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                return TreeHere::NotYet;
+            };
+            a.tree_waiters += 1;
+            let woken = self.came.wait_timeout(a, left);
+            let Ok((again, _)) = woken else { return TreeHere::NotKept };
+            a = again;
+            a.tree_waiters -= 1;
+        }
     }
 
     /// The checkout ended: the storing thread no longer waits for room.
     pub fn close(&self) {
         if let Ok(mut a) = self.inner.lock() {
             a.closed = true;
+            a.trees = HashMap::new();
         }
         self.room.notify_all();
+        self.came.notify_all();
     }
 
     /// Waits up to `wait` for a chunk to be here, counted as awaited
@@ -1894,6 +2010,63 @@ mod tests {
         assert_eq!(a.take(&id(4), Duration::ZERO), None);
         let inner = a.inner.lock().map(|i| (i.bytes, i.map.len())).ok();
         assert_eq!(inner, Some((10 + ARRIVED_ENTRY, 1)));
+    }
+
+    fn small_tree(n: u8) -> Tree {
+        let entry = dbox_store::TreeEntry {
+            name: dbox_store::Name::new(format!("f{n}").into_bytes()).expect("a valid name"),
+            node: Node::File { size: 1, chunks: vec![ObjectId([n; 32])], executable: false },
+            mtime_ns: None,
+        };
+        Tree::new(vec![entry]).expect("a valid tree")
+    }
+
+    #[test]
+    fn arrived_trees_serve_the_plan_then_go() {
+        let id = |i: u8| ObjectId([i; 32]);
+        let a = Arc::new(Arrived::new(1000));
+        a.keep_tree(id(1), small_tree(1));
+        assert!(matches!(a.tree(&id(1), Duration::ZERO), TreeHere::Kept(t) if *t == small_tree(1)));
+        // Not here yet while the walk goes on; it comes to a waiting taker.
+        assert!(matches!(a.tree(&id(2), Duration::ZERO), TreeHere::NotYet));
+        let (a2, t) = (a.clone(), small_tree(2));
+        let walker = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            a2.keep_tree(ObjectId([2; 32]), t);
+        });
+        assert!(matches!(a.tree(&id(2), Duration::from_secs(10)), TreeHere::Kept(_)));
+        walker.join().expect("the walker");
+        // Taken as often as asked (a subtree under several names).
+        assert!(matches!(a.tree(&id(2), Duration::ZERO), TreeHere::Kept(_)));
+        assert!(a.trees_walked(), "every tree was kept");
+        // The walk is over: a tree not here is to be read from the store.
+        assert!(matches!(a.tree(&id(3), Duration::from_secs(10)), TreeHere::NotKept));
+        // Planned: the trees go.
+        a.expect(&mut [id(1)].iter());
+        assert!(matches!(a.tree(&id(1), Duration::ZERO), TreeHere::NotKept));
+        let left = a.inner.lock().map(|i| (i.trees.len(), i.tree_bytes)).ok();
+        assert_eq!(left, Some((0, 0)));
+        a.keep_tree(id(4), small_tree(4));
+        assert!(matches!(a.tree(&id(4), Duration::ZERO), TreeHere::NotKept), "not kept after the plan");
+    }
+
+    #[test]
+    fn arrived_trees_over_their_bound_are_left_to_the_store() {
+        let id = |i: u8| ObjectId([i; 32]);
+        let mut a = Arrived::new(1000);
+        a.tree_limit = tree_cost(&small_tree(1)) * 2;
+        for i in 1..=3 {
+            a.keep_tree(id(i), small_tree(i));
+        }
+        assert!(matches!(a.tree(&id(2), Duration::ZERO), TreeHere::Kept(_)));
+        assert!(matches!(a.tree(&id(3), Duration::ZERO), TreeHere::NotYet));
+        // The walk ends: the one not kept must be flushed and read back.
+        assert!(!a.trees_walked());
+        assert!(matches!(a.tree(&id(3), Duration::ZERO), TreeHere::NotKept));
+        // A checkout that ended takes nothing more, and waits for nothing.
+        let b = Arrived::new(1000);
+        b.close();
+        assert!(matches!(b.tree(&id(1), Duration::from_secs(10)), TreeHere::NotKept));
     }
 
     #[test]
