@@ -613,8 +613,9 @@ impl Session {
                     0
                 }
                 Frame::Whole(b) => {
-                    wire::write_object(&mut send, &id, Some(&b)).await?;
-                    b.len()
+                    let len = b.len();
+                    wire::write_object_owned(&mut send, &id, b).await?;
+                    len
                 }
                 Frame::Delta { base, delta } => {
                     wire::write_delta(&mut send, &id, &base, &delta).await?;

@@ -14,6 +14,7 @@
 //! base for, against that base; the asker rebuilds the payload, seals it
 //! again and checks the id as for stored bytes.
 
+use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
@@ -267,17 +268,44 @@ pub async fn write_object(
     id: &ObjectId,
     bytes: Option<&[u8]>,
 ) -> Result<(), NetError> {
-    let mut head = [0u8; 37];
-    head[0] = u8::from(bytes.is_some());
-    head[1..33].copy_from_slice(id.as_bytes());
-    let len = bytes.map_or(0, <[u8]>::len) as u32;
-    head[33..].copy_from_slice(&len.to_be_bytes());
+    let head = object_head(id, bytes.map(<[u8]>::len));
     // A peer that stops reading is dropped rather than waited on forever.
     write_full(s, &head, "the peer to take an object").await?;
     if let Some(b) = bytes {
         write_full(s, b, "the peer to take an object").await?;
     }
     Ok(())
+}
+
+/// [`write_object`] for an object the caller gives up: the stream takes
+/// its buffer as it is, with no copy into the stream's own.
+pub async fn write_object_owned(
+    s: &mut quinn::SendStream,
+    id: &ObjectId,
+    bytes: Vec<u8>,
+) -> Result<(), NetError> {
+    let head = object_head(id, Some(bytes.len()));
+    let mut parts = [Bytes::copy_from_slice(&head), Bytes::from(bytes)];
+    let mut at = 0;
+    while at < parts.len() {
+        // As `write_full`: the wait is for progress, not for the whole.
+        match tokio::time::timeout(REQUEST_TIMEOUT, s.write_chunks(&mut parts[at..])).await {
+            Ok(Ok(w)) => at += w.chunks,
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_) => return Err(NetError::Timeout("the peer to take an object")),
+        }
+    }
+    Ok(())
+}
+
+/// An object frame's head: the kind (whole or missing), the id and the
+/// length.
+fn object_head(id: &ObjectId, len: Option<usize>) -> [u8; 37] {
+    let mut head = [0u8; 37];
+    head[0] = u8::from(len.is_some());
+    head[1..33].copy_from_slice(id.as_bytes());
+    head[33..].copy_from_slice(&(len.unwrap_or(0) as u32).to_be_bytes());
+    head
 }
 
 /// Reads one object frame: the id and what came for it. Nothing is yet
