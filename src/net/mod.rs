@@ -68,9 +68,11 @@
 //! (as the trees suggest), several at once, so they arrive close to the
 //! order they were listed in: the order a clone's checkout writes their
 //! files (by path), not the order the walk found them.
-//! A clone's checkout runs beside its transfer. It needs every tree first:
-//! the storing thread flushes as soon as the last tree reaches it, rather
-//! than at the first flush of chunks. It then starts a file once its first
+//! A clone's checkout runs beside its transfer. It plans from every tree
+//! first, taking them as the walk decoded them, held in memory until it
+//! has planned (64 MiB at most, estimated; beyond that, the storing thread
+//! flushes as soon as the last tree reaches it, and the checkout reads
+//! those trees back from the store). It then starts a file once its first
 //! chunk is there and writes the others as they come, taking them from
 //! memory ([`session::Arrived`], 16 MiB) rather than reading them back
 //! from the packs after the next flush. A chunk leaves that memory when it
@@ -93,7 +95,8 @@
 //! thread that read it (the walk's state is shared behind a lock).
 //!
 //! A serving request reads objects up to 4 MiB (or one larger object) and
-//! 16 objects ahead of what the network took. A session closes by sending
+//! 16 objects ahead of what the network took, and hands each object's
+//! buffer to the stream as it is, not copied. A session closes by sending
 //! its close and waiting until that datagram went out, not for the QUIC
 //! draining period (three probe timeouts, about 80 ms on loopback): a
 //! lost close costs the peer at most its idle timeout.
