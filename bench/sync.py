@@ -3,6 +3,7 @@
 
     python3 bench/sync.py [--datasets source,mixed] [--scale F] [--large]
                           [--tools dbox,rsync,git] [--chain 2000] [--work DIR]
+                          [--first-rounds N] [--drop-caches] [--loop GIB]
 
 Data comes from ../shared/bench/gen-data.py (deterministic), by way of
 compare.py's gen() (which works around `make large` failing on the Pythons
@@ -16,6 +17,11 @@ the source for every tool, so they all move the same bytes in the same run:
   after edit  `gen-data.py edit A` (seed 2) and commit in A (dbox and git,
               not timed); then `dbox pull origin` in B, rsync again, git push
   no change   the same once more with nothing changed (dbox target <= 0.2 s)
+
+With --first-rounds N the first sync is timed N times, dbox and rsync in
+turn (each extra round into a fresh folder, removed after), and the
+medians are reported beside the table's single pair: the machine's speed
+drifts by a factor of two from minute to minute here.
 
 Figures:
   seconds     wall time of the client process (GNU time); dbox's own
@@ -60,6 +66,7 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -380,6 +387,9 @@ def run_dataset(args, kind, label, src, tools):
             g = git_setup(w, a)
             res["setup"]["git add+commit first"] = git_commit(g, "first")
 
+        if args.first_rounds > 1:
+            res["first_rounds"] = first_rounds(args, w, a, server, tmp, tools, label)
+
         for step in STEPS:
             if step == "after edit":
                 e = sh([sys.executable, GEN, "edit", a]).stdout.strip()
@@ -401,6 +411,10 @@ def run_dataset(args, kind, label, src, tools):
             if "rsync" in tools:
                 drop_caches(args)
                 r["rsync"] = rsync_step(tmp, a, dest)
+            if step == "first" and "first_rounds" in res:
+                for tool in ("dbox", "rsync"):
+                    if tool in r:
+                        res["first_rounds"][tool].append(r[tool]["seconds"])
             if "git" in tools:
                 drop_caches(args)
                 r["git"] = git_step(g)
@@ -429,6 +443,32 @@ def run_dataset(args, kind, label, src, tools):
         if not args.keep:
             rmtree(w)
     return res
+
+
+def first_rounds(args, w, a, server, tmp, tools, label):
+    """--first-rounds N: N - 1 more first syncs before the one in the
+    table, each into a fresh folder that is then removed, dbox and rsync
+    taking turns at going first; the table's own first sync is the last
+    round. The machine's speed drifts from minute to minute, so one pair
+    of figures says little; the medians of N alternating rounds say more."""
+    rounds = {t: [] for t in ("dbox", "rsync") if t in tools}
+    for i in range(args.first_rounds - 1):
+        print(f"[{label}] first, round {i + 1} of {args.first_rounds} ...", file=sys.stderr)
+        order = list(rounds) if i % 2 == 0 else list(reversed(list(rounds)))
+        for tool in order:
+            drop_caches(args)
+            if tool == "dbox":
+                b, env = os.path.join(w, f"B-round{i}"), dict(ENV, DBOX_HOME=os.path.join(w, f"home-b-round{i}"))
+                x = dbox_step(server, [DBOX, "clone", server.invite(), b, "--json"], env)
+                rmtree(b)
+                rmtree(env["DBOX_HOME"])
+            else:
+                dest = os.path.join(w, f"rsync-round{i}")
+                os.makedirs(dest)
+                x = rsync_step(tmp, a, dest)
+                rmtree(dest)
+            rounds[tool].append(x["seconds"])
+    return rounds
 
 
 # ---------------------------------------------------------------- negotiation
@@ -531,6 +571,15 @@ def print_tables(results, chains):
                 ok = "met" if x["seconds"] <= 0.2 else "MISSED"
                 print(f"\ndbox pull with nothing changed, {res['dataset']}: {x['seconds']:.2f} s wall "
                       f"(target ≤ 0.2 s: {ok})")
+        for res in results:
+            fr = res.get("first_rounds")
+            if fr and len(fr.get("dbox", [])) > 1 and fr.get("rsync"):
+                d, r = statistics.median(fr["dbox"]), statistics.median(fr["rsync"])
+                per = ", ".join(f"{x / y:.2f}" for x, y in zip(fr["dbox"], fr["rsync"]) if y > 0)
+                print(f"\nFirst sync of {res['dataset']}, {len(fr['dbox'])} alternating rounds: "
+                      f"dbox {', '.join(f'{x:.2f}' for x in fr['dbox'])} s; "
+                      f"rsync {', '.join(f'{x:.2f}' for x in fr['rsync'])} s; "
+                      f"medians {d:.2f} / {r:.2f} s = **{d / r:.2f} ×** (per round: {per})")
         setups = [(r["dataset"], r["setup"]) for r in results if r["setup"]]
         if setups:
             print("\nNot timed in the table (setup): " + "; ".join(
@@ -568,6 +617,8 @@ def main():
     ap.add_argument("--tools", default="dbox,rsync,git")
     ap.add_argument("--chain", default="10,2000",
                     help="shared history lengths for the negotiation measurement (0: skip)")
+    ap.add_argument("--first-rounds", type=int, default=1, metavar="N",
+                    help="time the first sync N times, dbox and rsync in turn, and report the medians")
     ap.add_argument("--keep", action="store_true", help="keep the work folders")
     ap.add_argument("--drop-caches", action="store_true",
                     help="drop the page cache before each tool's step (root only): every tool starts cold")
@@ -583,6 +634,8 @@ def main():
         print_tables(r["datasets"], r["chains"])
         return
     args.work = os.path.abspath(args.work)
+    if args.first_rounds < 1:
+        die("--first-rounds takes a count of 1 or more")
     tools = [t for t in args.tools.split(",") if t]
     for tool in ["git", "rsync", "/usr/bin/time", "diff"]:
         if not shutil.which(tool):
