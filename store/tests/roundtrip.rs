@@ -180,30 +180,6 @@ fn second_writer_is_refused_with_pid() -> TestResult {
 }
 
 #[test]
-fn lock_of_a_killed_process_is_taken_over() -> TestResult {
-    let dir = tempfile::tempdir()?;
-    let store = create(dir.path(), 1)?;
-    let lock = dir.path().join("lock");
-    let mut child =
-        match std::process::Command::new("flock").arg("-o").arg(&lock).arg("sleep").arg("30").spawn() {
-            Ok(c) => c,
-            Err(e) => panic!("this test needs util-linux's flock: {e}"),
-        };
-    // Wait until the child holds the lock.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while store.writer().is_ok() {
-        assert!(std::time::Instant::now() < deadline, "the child never took the lock");
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    // SIGKILL: the process dies without releasing anything itself.
-    child.kill()?;
-    child.wait()?;
-    std::fs::write(&lock, "999999999\n")?;
-    store.writer_wait(std::time::Duration::from_secs(10))?;
-    Ok(())
-}
-
-#[test]
 fn many_flushes_merge_segments_and_keep_everything() -> TestResult {
     let dir = tempfile::tempdir()?;
     let store = create(dir.path(), 1)?;
