@@ -556,7 +556,8 @@ impl Session {
         bases: Vec<Option<ObjectId>>,
     ) -> Result<()> {
         let store = self.repo.store().clone();
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<(ObjectId, Frame)>(16);
+        // Each frame goes with the bytes it counts against `SEND_AHEAD`.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<(ObjectId, Frame, usize)>(16);
         // Bytes read and not yet taken by the network.
         let ahead = Arc::new((Mutex::new(0usize), std::sync::Condvar::new()));
         let ahead2 = ahead.clone();
@@ -601,27 +602,17 @@ impl Session {
                     }
                     *held += len;
                 }
-                if tx.blocking_send((id, frame)).is_err() {
+                if tx.blocking_send((id, frame, len)).is_err() {
                     return;
                 }
             }
         });
-        while let Some((id, frame)) = rx.recv().await {
-            let len = match frame {
-                Frame::Missing => {
-                    wire::write_object(&mut send, &id, None).await?;
-                    0
-                }
-                Frame::Whole(b) => {
-                    let len = b.len();
-                    wire::write_object_owned(&mut send, &id, b).await?;
-                    len
-                }
-                Frame::Delta { base, delta } => {
-                    wire::write_delta(&mut send, &id, &base, &delta).await?;
-                    delta.len()
-                }
-            };
+        while let Some((id, frame, len)) = rx.recv().await {
+            match frame {
+                Frame::Missing => wire::write_object(&mut send, &id, None).await?,
+                Frame::Whole(b) => wire::write_object_owned(&mut send, &id, b).await?,
+                Frame::Delta { base, delta } => wire::write_delta(&mut send, &id, &base, &delta).await?,
+            }
             if let Ok(mut held) = ahead.0.lock() {
                 *held = held.saturating_sub(len);
                 ahead.1.notify_one();

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use crate::crypto::fill_random;
 use crate::error::StoreError;
-use crate::vfs::{Vfs, WriteFile};
+use crate::vfs::{Fill, Vfs, WriteFile};
 
 /// A file being written in the temp directory.
 pub(crate) struct TmpFile<'a> {
@@ -46,11 +46,7 @@ impl<'a> TmpFile<'a> {
 
     /// Appends `len` bytes made in place by `fill`: see
     /// [`WriteFile::write_filled`].
-    pub(crate) fn write_filled(
-        &mut self,
-        len: usize,
-        fill: &mut dyn FnMut(usize, &mut [u8]),
-    ) -> Result<(), StoreError> {
+    pub(crate) fn write_filled(&mut self, len: usize, fill: Fill<'_>) -> Result<(), StoreError> {
         let f = self.file.as_mut().expect("the file is open until commit");
         f.write_filled(len, fill).map_err(StoreError::io("write", &self.path))
     }

@@ -10,7 +10,7 @@ use crate::crypto::{fill_random, Keys, NONCE_LEN, TAG_LEN};
 use crate::error::{DecodeError, StoreError};
 use crate::id::{ObjectId, PackId};
 use crate::limits::{MAX_OBJECT_SIZE, MAX_PACK_OBJECTS, MAX_PACK_SIZE};
-use crate::vfs::ReadAt;
+use crate::vfs::{Fill, ReadAt};
 
 /// First bytes of every pack.
 pub const PACK_MAGIC: &[u8; 8] = b"DBOXPACK";
@@ -345,11 +345,6 @@ pub fn read_header(file: &dyn ReadAt, len: u64, keys: &Keys) -> Result<Vec<PackE
     Ok(entries)
 }
 
-/// What a [`PackBuilder::write_to`] sink is given with each length: makes
-/// those bytes in place, called in order with the offset into them and a
-/// part to overwrite entirely.
-pub type Fill<'a> = &'a mut dyn FnMut(usize, &mut [u8]);
-
 /// Gives `bytes` to a [`PackBuilder::write_to`] sink, hashing them.
 fn copy_to(
     bytes: &[u8],
@@ -365,6 +360,8 @@ fn copy_to(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crypto::RepoKey;
+    use std::io;
 
     /// A [`PackBuilder::write_to`] sink into `file` that has each write
     /// made in two parts, as a file's buffer boundary would split it.
@@ -378,9 +375,6 @@ mod tests {
             Ok(())
         }
     }
-
-    use crate::crypto::RepoKey;
-    use std::io;
 
     struct Mem(Vec<u8>);
     impl ReadAt for Mem {

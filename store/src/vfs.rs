@@ -17,6 +17,11 @@ use std::sync::Arc;
 
 pub mod fault;
 
+/// Makes bytes in place for [`WriteFile::write_filled`]: called in order
+/// with the offset into the bytes asked for and a part of them to
+/// overwrite entirely.
+pub type Fill<'a> = &'a mut dyn FnMut(usize, &mut [u8]);
+
 /// A file being written.
 pub trait WriteFile: Send {
     /// Appends all of `buf`.
@@ -26,7 +31,7 @@ pub trait WriteFile: Send {
     /// overwrite entirely. A file that gathers writes in its own buffers
     /// has them made there, without a copy; by default they are made in a
     /// new buffer and written.
-    fn write_filled(&mut self, len: usize, fill: &mut dyn FnMut(usize, &mut [u8])) -> io::Result<()> {
+    fn write_filled(&mut self, len: usize, fill: Fill<'_>) -> io::Result<()> {
         let mut buf = vec![0u8; len];
         fill(0, &mut buf);
         self.write_all(&buf)
@@ -226,22 +231,11 @@ impl DirectWriteFile {
 
 #[cfg(target_os = "linux")]
 impl WriteFile for DirectWriteFile {
-    fn write_all(&mut self, mut buf: &[u8]) -> io::Result<()> {
-        while !buf.is_empty() {
-            let st = &mut self.stage;
-            let n = buf.len().min(DIRECT_STAGE - st.filled);
-            let at = st.start + st.filled;
-            st.buf[at..at + n].copy_from_slice(&buf[..n]);
-            st.filled += n;
-            buf = &buf[n..];
-            if st.filled == DIRECT_STAGE {
-                self.send(false)?;
-            }
-        }
-        Ok(())
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.write_filled(buf.len(), &mut |at, out| out.copy_from_slice(&buf[at..at + out.len()]))
     }
 
-    fn write_filled(&mut self, len: usize, fill: &mut dyn FnMut(usize, &mut [u8])) -> io::Result<()> {
+    fn write_filled(&mut self, len: usize, fill: Fill<'_>) -> io::Result<()> {
         let mut done = 0;
         while done < len {
             let st = &mut self.stage;
