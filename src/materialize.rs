@@ -213,7 +213,9 @@ impl Batch {
                 let Some(first) = self.parts.front() else { break };
                 let rest = first.len() - self.skip;
                 if w >= rest {
-                    self.parts.pop_front();
+                    if let Some(done) = self.parts.pop_front() {
+                        dbox_store::buffers::give(done);
+                    }
                     self.skip = 0;
                     w -= rest;
                 } else {
