@@ -2,6 +2,8 @@
 //! for the real `dbox` binary.
 #![allow(dead_code)]
 
+pub mod peers;
+
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
