@@ -244,6 +244,44 @@ pub(crate) fn remove(p: &Place) -> Result<()> {
     }
 }
 
+/// Removes the temporary files and links that a killed restore or
+/// checkout left in the working tree at `root` (`leftovers`, from a scan),
+/// through folder handles. Returns how many went, and a sentence for each
+/// that could not.
+///
+/// Only for a caller holding the writer lock: every restore, checkout and
+/// merge into the working tree holds it while it writes, so no other
+/// process is writing such an entry meanwhile. (A clone's first checkout
+/// does not, but it names its files only where unnamed files are not
+/// available, and if one goes, the clone finishes with a checkout.)
+pub(crate) fn remove_leftovers(root: &Path, leftovers: &[Vec<u8>]) -> (usize, Vec<String>) {
+    if leftovers.is_empty() {
+        return (0, Vec::new());
+    }
+    let folders = match Folders::open(root) {
+        Ok(f) => f,
+        Err(e) => return (0, vec![format!("temporary files of an interrupted restore stay: {e}")]),
+    };
+    let (mut removed, mut failed) = (0, Vec::new());
+    for rel in leftovers {
+        let gone = folders.place(rel).and_then(|p| match kind_at(&p)? {
+            // Only what the scan saw: a file or link (a folder of that name is not ours).
+            None | Some((FileType::Directory, _)) => Ok(false),
+            Some(_) => {
+                rfs::unlinkat(&*p.dir, &p.name, AtFlags::empty()).map(|()| true).map_err(io("remove", &p.abs))
+            }
+        });
+        match gone {
+            Ok(true) => removed += 1,
+            Ok(false) => {}
+            Err(e) => {
+                failed.push(format!("could not remove a temporary file of an interrupted restore: {e}"))
+            }
+        }
+    }
+    (removed, failed)
+}
+
 /// Removes an empty folder.
 pub(crate) fn remove_empty_dir(p: &Place) -> Result<()> {
     rfs::unlinkat(&*p.dir, &p.name, AtFlags::REMOVEDIR).map_err(io("remove", &p.abs))

@@ -528,6 +528,20 @@ fn save_cache(repo: &Repo, mut cache: Cache, mut outcome: Outcome) -> Outcome {
     outcome
 }
 
+/// Removes the temporary entries a killed restore or checkout left (the
+/// caller holds the writer lock), and says what it did.
+pub(crate) fn leftovers_removed(root: &Path, leftovers: &[Vec<u8>]) -> Vec<String> {
+    let (removed, mut said) = crate::folders::remove_leftovers(root, leftovers);
+    if removed > 0 {
+        let s = if removed == 1 { "" } else { "s" };
+        said.insert(
+            0,
+            format!("removed {removed} temporary file{s} left by an interrupted restore or checkout"),
+        );
+    }
+    said
+}
+
 /// Removes what [`checkout_fresh`] wrote, after the transfer failed: files
 /// still as written (by their stat), then the folders it made if empty, so
 /// that the next pull finds the tree as the clone found it.
@@ -604,6 +618,11 @@ fn apply(
     let store = repo.store();
     let scanned = scan(root)?;
     let mut out = Outcome { warnings: scanned.warnings.clone(), ..Outcome::default() };
+    // Into the working tree (not a clone's first checkout), the writer lock
+    // is held: what a killed restore left can go.
+    if ready.is_none() && root == repo.root() {
+        out.warnings.extend(leftovers_removed(root, &scanned.leftovers));
+    }
     // A working copy is saved when some version holds that content at that
     // path: HEAD (cheap, through the cache) or an earlier one.
     let graph = repo.graph()?;

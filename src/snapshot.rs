@@ -206,6 +206,14 @@ pub fn status(repo: &Repo) -> Result<Status> {
     let mut base = load_base(repo, head)?;
     let scanned = scan(repo.root())?;
     let mut out = Status { head, warnings: scanned.warnings.clone(), ..Status::default() };
+    if !scanned.leftovers.is_empty() {
+        let n = scanned.leftovers.len();
+        let s = if n == 1 { "" } else { "s" };
+        out.warnings.push(format!(
+            "{n} temporary file{s} left by an interrupted restore or checkout (never content; \
+             the next commit, restore or checkout removes them)"
+        ));
+    }
     let mut refreshed = false;
     let mut matched = 0usize;
     for (path, wt) in &scanned.entries {
@@ -442,7 +450,10 @@ pub fn commit(repo: &Repo, device: &Device, opts: &CommitOptions) -> Result<Comm
     }
     let base = load_base(repo, head)?;
     let scanned: Scan = scan(repo.root())?;
-    let warnings = Mutex::new(scanned.warnings.clone());
+    // The writer lock is held: what a killed restore left can go.
+    let mut said = scanned.warnings.clone();
+    said.extend(crate::materialize::leftovers_removed(repo.root(), &scanned.leftovers));
+    let warnings = Mutex::new(said);
 
     let mut entries: BTreeMap<Vec<u8>, (Content, Option<Stat>)> = BTreeMap::new();
     let mut to_read = Vec::new();

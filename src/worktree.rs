@@ -85,6 +85,18 @@ pub struct Scan {
     pub entries: BTreeMap<Vec<u8>, WtEntry>,
     /// Things skipped, as sentences.
     pub warnings: Vec<String>,
+    /// Temporary files and links that a killed restore or checkout left
+    /// (named as [`crate::folders`] names them), sorted; never content.
+    pub leftovers: Vec<Vec<u8>>,
+}
+
+/// Whether `name` is exactly the name [`crate::folders`] gives a
+/// temporary entry: `.dbox-restore-`, 16 lowercase hex digits, `.tmp`.
+pub fn is_temp_name(name: &[u8]) -> bool {
+    name.len() == 14 + 16 + 4
+        && name.starts_with(b".dbox-restore-")
+        && name.ends_with(b".tmp")
+        && name[14..30].iter().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
 }
 
 /// The absolute path of a relative tree path.
@@ -123,11 +135,13 @@ fn ignored(stack: &[Arc<Gitignore>], path: &Path, is_dir: bool) -> bool {
     false
 }
 
-/// Reads one folder: its entries go to `out`, its subfolders to `subdirs`.
+/// Reads one folder: its entries go to `out`, its subfolders to `subdirs`,
+/// temporary entries left by a killed restore to `leftovers`.
 fn read_folder(
     job: &Job,
     out: &mut Vec<WtEntry>,
     warnings: &mut Vec<String>,
+    leftovers: &mut Vec<Vec<u8>>,
     subdirs: &mut Vec<Job>,
 ) -> Result<()> {
     let entries: Vec<std::fs::DirEntry> = match std::fs::read_dir(&job.abs) {
@@ -162,6 +176,9 @@ fn read_folder(
         }
         // Temporary files of an interrupted restore are never content.
         if name.starts_with(b".dbox-restore-") && name.ends_with(b".tmp") {
+            if is_temp_name(name) && e.file_type().is_ok_and(|t| !t.is_dir()) {
+                leftovers.push([&job.rel[..], if job.rel.is_empty() { b"" } else { b"/" }, name].concat());
+            }
             continue;
         }
         if let Err(err) = dbox_store::Name::new(name.to_vec()) {
@@ -215,13 +232,16 @@ pub fn scan(root: &Path) -> Result<Scan> {
         ..Queue::default()
     });
     let wake = Condvar::new();
-    let results: Mutex<(Vec<WtEntry>, Vec<String>)> = Mutex::new((Vec::new(), Vec::new()));
+    // Entries, warnings and leftovers, from every thread.
+    type Found = (Vec<WtEntry>, Vec<String>, Vec<Vec<u8>>);
+    let results: Mutex<Found> = Mutex::new((Vec::new(), Vec::new(), Vec::new()));
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 4);
     std::thread::scope(|s| {
         for _ in 0..threads {
             s.spawn(|| {
                 let mut out = Vec::new();
                 let mut warnings = Vec::new();
+                let mut leftovers = Vec::new();
                 loop {
                     let job = {
                         let mut q = queue.lock().unwrap_or_else(|e| e.into_inner());
@@ -241,7 +261,7 @@ pub fn scan(root: &Path) -> Result<Scan> {
                     };
                     let Some(job) = job else { break };
                     let mut subdirs = Vec::new();
-                    let r = read_folder(&job, &mut out, &mut warnings, &mut subdirs);
+                    let r = read_folder(&job, &mut out, &mut warnings, &mut leftovers, &mut subdirs);
                     let mut q = queue.lock().unwrap_or_else(|e| e.into_inner());
                     q.active -= 1;
                     let new_work = !subdirs.is_empty();
@@ -260,14 +280,16 @@ pub fn scan(root: &Path) -> Result<Scan> {
                 let mut r = results.lock().unwrap_or_else(|e| e.into_inner());
                 r.0.append(&mut out);
                 r.1.append(&mut warnings);
+                r.2.append(&mut leftovers);
             });
         }
     });
     if let Some(e) = queue.into_inner().unwrap_or_else(|e| e.into_inner()).failed {
         return Err(e);
     }
-    let (mut entries, mut warnings) = results.into_inner().unwrap_or_else(|e| e.into_inner());
+    let (mut entries, mut warnings, mut leftovers) = results.into_inner().unwrap_or_else(|e| e.into_inner());
     entries.sort_unstable_by(|a, b| a.path.cmp(&b.path));
     warnings.sort();
-    Ok(Scan { entries: entries.into_iter().map(|e| (e.path.clone(), e)).collect(), warnings })
+    leftovers.sort();
+    Ok(Scan { entries: entries.into_iter().map(|e| (e.path.clone(), e)).collect(), warnings, leftovers })
 }

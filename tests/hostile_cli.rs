@@ -712,6 +712,55 @@ fn a_checkout_killed_mid_write_leaves_no_temporary_file_for_commit_to_record() -
         !changes.iter().any(|(p, _)| p.starts_with(".dbox-restore-")),
         "a leftover temporary file would be committed: {changes:?}"
     );
+    // Status says it is there; the next checkout removes it.
+    let st: serde_json::Value = serde_json::from_str(&env.ok(&repo, &["status", "--json"])?.stdout)?;
+    assert!(st["warnings"].to_string().contains("temporary file"), "{st}");
+    let r = env.ok(&repo, &["checkout", "--force", &v1])?;
+    assert!(r.stderr.contains("removed 1 temporary file"), "{r:?}");
+    let left: Vec<_> = std::fs::read_dir(&repo)?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().as_bytes().starts_with(b".dbox-restore-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    assert_eq!(std::fs::read(repo.join("big.bin"))?, common::bytes(1, 300 << 20));
+    Ok(())
+}
+
+#[test]
+fn temporary_files_of_an_interrupted_restore_go_with_the_next_commit_and_nothing_else() -> TestResult {
+    let env = TestEnv::new()?;
+    let repo = env.repo("r")?;
+    write(&repo.join("a"), "a")?;
+    // As a killed restore leaves them: files and a link, at any depth.
+    write(&repo.join(".dbox-restore-0123456789abcdef.tmp"), "partial")?;
+    write(&repo.join("sub/deeper/.dbox-restore-fedcba9876543210.tmp"), "partial")?;
+    std::os::unix::fs::symlink("nowhere", repo.join("sub/.dbox-restore-00000000000000aa.tmp"))?;
+    // Not ours, though skipped as content all the same: another shape of
+    // name, and a folder.
+    write(&repo.join(".dbox-restore-mine.tmp"), "the user's")?;
+    write(&repo.join(".dbox-restore-1111111111111111.tmp/inside"), "the user's")?;
+    write(&repo.join(".dbox-restore-0123456789ABCDEF.tmp"), "the user's")?;
+    // Status only tells.
+    let st: serde_json::Value = serde_json::from_str(&env.ok(&repo, &["status", "--json"])?.stdout)?;
+    assert!(st["warnings"].to_string().contains("3 temporary files"), "{st}");
+    assert!(repo.join(".dbox-restore-0123456789abcdef.tmp").exists());
+    // A commit, under the writer lock, removes exactly those three.
+    let r = env.ok(&repo, &["commit", "-m", "one"])?;
+    assert!(r.stderr.contains("removed 3 temporary files"), "{r:?}");
+    assert!(!repo.join(".dbox-restore-0123456789abcdef.tmp").exists());
+    assert!(!repo.join("sub/deeper/.dbox-restore-fedcba9876543210.tmp").exists());
+    assert!(std::fs::symlink_metadata(repo.join("sub/.dbox-restore-00000000000000aa.tmp")).is_err());
+    assert_eq!(std::fs::read_to_string(repo.join(".dbox-restore-mine.tmp"))?, "the user's");
+    assert_eq!(
+        std::fs::read_to_string(repo.join(".dbox-restore-1111111111111111.tmp/inside"))?,
+        "the user's"
+    );
+    assert_eq!(std::fs::read_to_string(repo.join(".dbox-restore-0123456789ABCDEF.tmp"))?, "the user's");
+    // None of them was content.
+    let tree = env.ok(&repo, &["ls", "--json"]).map(|r| r.stdout).unwrap_or_default();
+    assert!(!tree.contains(".dbox-restore-"), "{tree}");
+    let st: serde_json::Value = serde_json::from_str(&env.ok(&repo, &["status", "--json"])?.stdout)?;
+    assert!(!st["warnings"].to_string().contains("temporary file"), "{st}");
     Ok(())
 }
 
