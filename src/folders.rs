@@ -250,10 +250,11 @@ pub(crate) fn remove(p: &Place) -> Result<()> {
 /// that could not.
 ///
 /// Only for a caller holding the writer lock: every restore, checkout and
-/// merge into the working tree holds it while it writes, so no other
-/// process is writing such an entry meanwhile. (A clone's first checkout
-/// does not, but it names its files only where unnamed files are not
-/// available, and if one goes, the clone finishes with a checkout.)
+/// merge into the working tree (and a restore `--to` a folder inside it)
+/// holds it while it writes. A writer that does not (a clone's first
+/// checkout, which names its files only where unnamed files are not
+/// available) holds an advisory lock on each temporary file while writing
+/// it, and a locked file is left alone.
 pub(crate) fn remove_leftovers(root: &Path, leftovers: &[Vec<u8>]) -> (usize, Vec<String>) {
     if leftovers.is_empty() {
         return (0, Vec::new());
@@ -267,6 +268,18 @@ pub(crate) fn remove_leftovers(root: &Path, leftovers: &[Vec<u8>]) -> (usize, Ve
         let gone = folders.place(rel).and_then(|p| match kind_at(&p)? {
             // Only what the scan saw: a file or link (a folder of that name is not ours).
             None | Some((FileType::Directory, _)) => Ok(false),
+            Some((FileType::RegularFile, _)) => {
+                // Someone still writing it holds its lock: leave it. The
+                // lock is held here until it is unlinked.
+                let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+                let fd = rfs::openat(&*p.dir, &p.name, flags, Mode::empty()).map_err(io("open", &p.abs))?;
+                match rfs::flock(&fd, rfs::FlockOperation::NonBlockingLockExclusive) {
+                    Err(Errno::WOULDBLOCK) => Ok(false),
+                    _ => rfs::unlinkat(&*p.dir, &p.name, AtFlags::empty())
+                        .map(|()| true)
+                        .map_err(io("remove", &p.abs)),
+                }
+            }
             Some(_) => {
                 rfs::unlinkat(&*p.dir, &p.name, AtFlags::empty()).map(|()| true).map_err(io("remove", &p.abs))
             }
@@ -358,6 +371,10 @@ impl NewFile {
         let temp = temp_name()?;
         let flags = OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         let fd = rfs::openat(&*p.dir, &temp, flags, mode).map_err(io("create", &p.dir_path(&temp)))?;
+        // Held until the file is in place and closed: a sweep of leftovers
+        // ([`remove_leftovers`]) leaves a locked temporary file alone. Only
+        // a guard; where the file system has no such locks, nothing.
+        let _ = rfs::flock(&fd, rfs::FlockOperation::NonBlockingLockExclusive);
         Ok(NewFile { file: File::from(fd), temp: Some(temp) })
     }
 

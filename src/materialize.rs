@@ -359,7 +359,7 @@ fn write_entry(
 pub fn restore(repo: &Repo, version: &VersionId, opts: &RestoreOptions) -> Result<Outcome> {
     // Into the working tree, the writer lock is held as by a checkout: no
     // commit, checkout or pull moves the tree or HEAD meanwhile.
-    let _w = match opts.to {
+    let w = match opts.to {
         None => Some(repo.lock_writer()?),
         Some(_) => None,
     };
@@ -385,7 +385,7 @@ pub fn restore(repo: &Repo, version: &VersionId, opts: &RestoreOptions) -> Resul
         }
     }
     match &opts.to {
-        None => apply(repo, &base, &target, &opts.paths, repo.root(), true, opts.force, None),
+        None => apply(repo, &base, &target, &opts.paths, repo.root(), true, opts.force, None, w.as_ref()),
         Some(dir) => {
             // Check the nearest existing ancestor before creating anything.
             let existing = dir.ancestors().find(|a| a.exists()).unwrap_or(Path::new("."));
@@ -398,8 +398,12 @@ pub fn restore(repo: &Repo, version: &VersionId, opts: &RestoreOptions) -> Resul
             if dir.starts_with(repo.dot_dir()) {
                 return Err(RepoError::Usage("cannot restore into the .dbox folder".into()));
             }
+            // Inside the working tree, the lock is held as for a restore in
+            // place: a commit or checkout does not run meanwhile.
+            let root = repo.root().canonicalize().map_err(RepoError::io("resolve", repo.root()))?;
+            let _inside = if dir.starts_with(&root) { Some(repo.lock_writer()?) } else { None };
             let empty = Cache::default();
-            apply(repo, &empty, &target, &opts.paths, &dir, false, opts.force, None)
+            apply(repo, &empty, &target, &opts.paths, &dir, false, opts.force, None, None)
         }
     }
 }
@@ -415,7 +419,7 @@ pub fn checkout(repo: &Repo, version: &VersionId, force: bool) -> Result<Outcome
 /// (`_w` is the proof), such as a merge that has just stored `version`.
 pub(crate) fn checkout_locked(
     repo: &Repo,
-    _w: &dbox_store::Writer,
+    w: &dbox_store::Writer,
     version: &VersionId,
     force: bool,
 ) -> Result<Outcome> {
@@ -427,7 +431,7 @@ pub(crate) fn checkout_locked(
     };
     let base = load_base(repo, head)?;
     let target = flatten_version(repo, version)?;
-    let outcome = apply(repo, &base, &target, &[], repo.root(), true, force, None)?;
+    let outcome = apply(repo, &base, &target, &[], repo.root(), true, force, None, Some(w))?;
     settle(repo, version, &base, target, outcome)
 }
 
@@ -495,7 +499,7 @@ pub(crate) fn checkout_fresh(
         Content::File { chunks, .. } => chunks.as_slice(),
         _ => &[],
     }));
-    let outcome = apply(repo, &Cache::default(), &target, &[], repo.root(), false, false, Some(ready))?;
+    let outcome = apply(repo, &Cache::default(), &target, &[], repo.root(), false, false, Some(ready), None)?;
     Ok(Some((target, outcome)))
 }
 
@@ -603,7 +607,9 @@ fn settle(
 
 /// Plans and, if nothing would be lost (or `force`), applies the change of
 /// `root` towards `target`. `delete` removes HEAD's paths (in scope) that
-/// the target lacks.
+/// the target lacks. `locked` is the writer lock, for a caller that holds
+/// it while writing the working tree: only then are the temporary files
+/// of killed restores removed.
 #[allow(clippy::too_many_arguments)]
 fn apply(
     repo: &Repo,
@@ -614,13 +620,12 @@ fn apply(
     delete: bool,
     force: bool,
     ready: Option<&dyn Feed>,
+    locked: Option<&dbox_store::Writer>,
 ) -> Result<Outcome> {
     let store = repo.store();
     let scanned = scan(root)?;
     let mut out = Outcome { warnings: scanned.warnings.clone(), ..Outcome::default() };
-    // Into the working tree (not a clone's first checkout), the writer lock
-    // is held: what a killed restore left can go.
-    if ready.is_none() && root == repo.root() {
+    if locked.is_some() {
         out.warnings.extend(leftovers_removed(root, &scanned.leftovers));
     }
     // A working copy is saved when some version holds that content at that

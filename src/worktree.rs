@@ -115,6 +115,9 @@ struct Job {
     abs: PathBuf,
     rel: Vec<u8>,
     ignores: Arc<Vec<Arc<Gitignore>>>,
+    /// In or under a folder that is a repository of its own (it has a
+    /// `.dbox`): its temporary files are that repository's business.
+    other_repo: bool,
 }
 
 #[derive(Default)]
@@ -153,6 +156,8 @@ fn read_folder(
         }
         Err(e) => return Err(RepoError::io("read folder", &job.abs)(e)),
     };
+    let other_repo =
+        job.other_repo || (!job.rel.is_empty() && entries.iter().any(|e| e.file_name() == ".dbox"));
     let mut ignores = job.ignores.clone();
     if entries.iter().any(|e| e.file_name() == IGNORE_FILE) {
         let mut b = ignore::gitignore::GitignoreBuilder::new(&job.abs);
@@ -176,7 +181,7 @@ fn read_folder(
         }
         // Temporary files of an interrupted restore are never content.
         if name.starts_with(b".dbox-restore-") && name.ends_with(b".tmp") {
-            if is_temp_name(name) && e.file_type().is_ok_and(|t| !t.is_dir()) {
+            if !other_repo && is_temp_name(name) && e.file_type().is_ok_and(|t| !t.is_dir()) {
                 leftovers.push([&job.rel[..], if job.rel.is_empty() { b"" } else { b"/" }, name].concat());
             }
             continue;
@@ -202,7 +207,7 @@ fn read_folder(
         if ft.is_dir() {
             // A folder's own times are never compared: no stat needed.
             out.push(WtEntry { path: rel.clone(), kind: Kind::Dir, stat: Stat::default() });
-            subdirs.push(Job { abs, rel, ignores: ignores.clone() });
+            subdirs.push(Job { abs, rel, ignores: ignores.clone(), other_repo });
             continue;
         }
         let kind = if ft.is_file() {
@@ -228,7 +233,12 @@ fn read_folder(
 /// folders.
 pub fn scan(root: &Path) -> Result<Scan> {
     let queue = Mutex::new(Queue {
-        jobs: vec![Job { abs: root.to_path_buf(), rel: Vec::new(), ignores: Arc::new(Vec::new()) }],
+        jobs: vec![Job {
+            abs: root.to_path_buf(),
+            rel: Vec::new(),
+            ignores: Arc::new(Vec::new()),
+            other_repo: false,
+        }],
         ..Queue::default()
     });
     let wake = Condvar::new();

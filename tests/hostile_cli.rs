@@ -740,9 +740,17 @@ fn temporary_files_of_an_interrupted_restore_go_with_the_next_commit_and_nothing
     write(&repo.join(".dbox-restore-mine.tmp"), "the user's")?;
     write(&repo.join(".dbox-restore-1111111111111111.tmp/inside"), "the user's")?;
     write(&repo.join(".dbox-restore-0123456789ABCDEF.tmp"), "the user's")?;
+    // Not this repository's: one being written (its writer holds a lock on
+    // it), and one inside a repository of its own moved into this one.
+    let busy = repo.join("sub/.dbox-restore-00000000000000bb.tmp");
+    write(&busy, "still being written")?;
+    let writer = std::fs::File::open(&busy)?;
+    writer.try_lock()?;
+    std::fs::create_dir_all(repo.join("inner/.dbox"))?;
+    write(&repo.join("inner/deep/.dbox-restore-00000000000000cc.tmp"), "inner's")?;
     // Status only tells.
     let st: serde_json::Value = serde_json::from_str(&env.ok(&repo, &["status", "--json"])?.stdout)?;
-    assert!(st["warnings"].to_string().contains("3 temporary files"), "{st}");
+    assert!(st["warnings"].to_string().contains("4 temporary files"), "{st}");
     assert!(repo.join(".dbox-restore-0123456789abcdef.tmp").exists());
     // A commit, under the writer lock, removes exactly those three.
     let r = env.ok(&repo, &["commit", "-m", "one"])?;
@@ -756,6 +764,17 @@ fn temporary_files_of_an_interrupted_restore_go_with_the_next_commit_and_nothing
         "the user's"
     );
     assert_eq!(std::fs::read_to_string(repo.join(".dbox-restore-0123456789ABCDEF.tmp"))?, "the user's");
+    assert_eq!(std::fs::read_to_string(&busy)?, "still being written");
+    assert_eq!(
+        std::fs::read_to_string(repo.join("inner/deep/.dbox-restore-00000000000000cc.tmp"))?,
+        "inner's"
+    );
+    // Once its writer is gone, the next commit takes it.
+    drop(writer);
+    write(&repo.join("a"), "b")?;
+    let r = env.ok(&repo, &["commit", "-m", "two"])?;
+    assert!(r.stderr.contains("removed 1 temporary file "), "{r:?}");
+    assert!(!busy.exists());
     // None of them was content.
     let tree = env.ok(&repo, &["ls", "--json"]).map(|r| r.stdout).unwrap_or_default();
     assert!(!tree.contains(".dbox-restore-"), "{tree}");

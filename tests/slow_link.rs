@@ -24,7 +24,8 @@ struct Link {
     delay: Duration,
     /// Bytes per second through the bottleneck.
     rate: u64,
-    /// Bytes the bottleneck's queue holds; beyond that, datagrams drop.
+    /// Bytes waiting for the bottleneck at most; beyond that, datagrams
+    /// drop (the delay line after it does not count).
     queue: u64,
     /// Datagrams lost at random, per thousand.
     loss_per_mille: u64,
@@ -36,6 +37,8 @@ struct Counts {
     passed: AtomicU64,
     lost: AtomicU64,
     overflowed: AtomicU64,
+    /// Dropped during an outage.
+    silenced: AtomicU64,
     bytes: AtomicU64,
 }
 
@@ -68,11 +71,10 @@ impl Relay {
         let (front, back) = (Arc::new(front), Arc::new(back));
         for to_server in [true, false] {
             let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>)>();
-            let queued = Arc::new(AtomicU64::new(0));
             let (from, to) =
                 if to_server { (front.clone(), back.clone()) } else { (back.clone(), front.clone()) };
-            let (stop2, silent2, counts2, client2, queued2) =
-                (stop.clone(), silent_until.clone(), counts.clone(), client.clone(), queued.clone());
+            let (stop2, silent2, counts2, client2) =
+                (stop.clone(), silent_until.clone(), counts.clone(), client.clone());
             // Receives, decides each datagram's fate, and queues it with the
             // moment it leaves the bottleneck and the delay has passed.
             threads.push(std::thread::spawn(move || {
@@ -102,16 +104,21 @@ impl Relay {
                     let silent = silent2.lock().ok().and_then(|s| *s).is_some_and(|t| now < t);
                     seed =
                         seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
-                    if silent || (seed >> 33) % 1000 < link.loss_per_mille {
+                    if silent {
+                        counts2.silenced.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    if (seed >> 33) % 1000 < link.loss_per_mille {
                         counts2.lost.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
-                    if queued2.load(Ordering::Relaxed) + n as u64 > link.queue {
+                    // What still waits for the bottleneck, in bytes.
+                    let wait = free_at.saturating_duration_since(now).as_nanos() as u64;
+                    if wait * link.rate / 1_000_000_000 + n as u64 > link.queue {
                         counts2.overflowed.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
                     free_at = free_at.max(now) + Duration::from_nanos(n as u64 * 1_000_000_000 / link.rate);
-                    queued2.fetch_add(n as u64, Ordering::Relaxed);
                     if tx.send((free_at + link.delay, buf[..n].to_vec())).is_err() {
                         return;
                     }
@@ -126,7 +133,6 @@ impl Relay {
                     if at > now {
                         std::thread::sleep(at - now);
                     }
-                    queued.fetch_sub(d.len() as u64, Ordering::Relaxed);
                     let sent = if to_server {
                         to.send(&d)
                     } else {
@@ -155,11 +161,12 @@ impl Relay {
     fn summary(&self) -> String {
         let c = &self.counts;
         format!(
-            "{} datagrams passed ({} bytes), {} lost, {} dropped by the full queue",
+            "{} datagrams passed ({} bytes), {} lost, {} dropped by the full queue, {} in the outage",
             c.passed.load(Ordering::Relaxed),
             c.bytes.load(Ordering::Relaxed),
             c.lost.load(Ordering::Relaxed),
-            c.overflowed.load(Ordering::Relaxed)
+            c.overflowed.load(Ordering::Relaxed),
+            c.silenced.load(Ordering::Relaxed)
         )
     }
 }
@@ -208,6 +215,11 @@ fn sync_over_a_slow_lossy_link_completes() -> TestResult {
     let pull_s = t.elapsed().as_secs_f64();
     assert_eq!(j["pulled"]["versions"], 1, "{j}");
     assert_eq!(common::snapshot(&ra)?, common::snapshot(&rb)?);
+    assert!(
+        relay.counts.bytes.load(Ordering::Relaxed) > 6_000_000,
+        "not through the relay: {}",
+        relay.summary()
+    );
 
     // An edit on b goes back the same way.
     write(&rb.join("notes/n000/0.txt"), "changed on b\n")?;
@@ -244,6 +256,10 @@ fn sync_over_a_slow_lossy_link_completes() -> TestResult {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(out.success(), "the pull through the outage failed: {}", relay.summary());
+    // The outage fell in the transfer: datagrams were dropped in it, and the
+    // pull ended after it.
+    assert!(relay.counts.silenced.load(Ordering::Relaxed) > 0, "{}", relay.summary());
+    assert!(t.elapsed() > Duration::from_secs(3), "{:?}", t.elapsed());
     assert_eq!(common::snapshot(&ra)?, common::snapshot(&rb)?);
     b.ok(&rb, &["fsck", "--read-data"])?;
     eprintln!(
@@ -286,8 +302,14 @@ fn the_relay_delays_limits_and_loses() -> TestResult {
     }
     let first = first.ok_or("nothing came through")?;
     assert!(first >= Duration::from_millis(30), "delayed: {first:?}");
-    // About a tenth lost, the rest in order.
-    assert!((150..=195).contains(&got.len()), "{} of 200 came: {}", got.len(), relay.summary());
+    // About a tenth lost (the seed fixes which), nothing else dropped by
+    // the relay; what came, in order. (A loaded machine may drop more in
+    // the receiving socket: the relay's counts are what is checked.)
+    let c = &relay.counts;
+    let (passed, lost) = (c.passed.load(Ordering::Relaxed), c.lost.load(Ordering::Relaxed));
+    assert!((10..=40).contains(&lost), "{}", relay.summary());
+    assert_eq!(passed + lost, 200, "{}", relay.summary());
+    assert!(!got.is_empty() && got.len() as u64 <= passed, "{} came: {}", got.len(), relay.summary());
     assert!(got.windows(2).all(|w| w[0] < w[1]), "in order");
     // 1 MB/s: the ~180 kB took at least 0.15 s to come through.
     assert!(t.elapsed() >= Duration::from_millis(150), "{:?}", t.elapsed());

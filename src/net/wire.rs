@@ -458,7 +458,11 @@ mod tests {
                 match frame {
                     Frame::Whole(got) => {
                         assert_eq!(&got, b);
-                        assert_eq!(got.capacity(), b.len(), "a buffer of the stated length only");
+                        // At most a quarter more (a reused buffer, [`dbox_store::buffers`]).
+                        assert!(
+                            (b.len()..=b.len() + b.len() / 4).contains(&got.capacity()),
+                            "a buffer of about the stated length only"
+                        );
                     }
                     _ => panic!("not whole"),
                 }
