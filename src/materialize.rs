@@ -213,9 +213,7 @@ impl Batch {
                 let Some(first) = self.parts.front() else { break };
                 let rest = first.len() - self.skip;
                 if w >= rest {
-                    if let Some(done) = self.parts.pop_front() {
-                        dbox_store::buffers::give(done);
-                    }
+                    self.parts.pop_front();
                     self.skip = 0;
                     w -= rest;
                 } else {

@@ -96,10 +96,7 @@
 //!
 //! A serving request reads objects up to 4 MiB (or one larger object) and
 //! 16 objects ahead of what the network took, and hands each object's
-//! buffer to the stream as it is, not copied; the buffer comes back for a
-//! later read once the peer has acknowledged it ([`dbox_store::buffers`]).
-//! A puller likewise receives objects into reused buffers, which the
-//! checkout gives back once their bytes are in a file. A session closes by sending
+//! buffer to the stream as it is, not copied. A session closes by sending
 //! its close and waiting until that datagram went out, not for the QUIC
 //! draining period (three probe timeouts, about 80 ms on loopback): a
 //! lost close costs the peer at most its idle timeout.

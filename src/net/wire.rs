@@ -190,10 +190,9 @@ async fn read_full(r: &mut quinn::RecvStream, buf: &mut [u8], what: &'static str
 
 /// Reads `len` bytes into a new buffer, waiting at most [`REQUEST_TIMEOUT`]
 /// for each piece: as [`read_full`], without first filling the buffer with
-/// zeros (for an object, that is a pass over every byte received). The
-/// buffer is a reused one when there is one ([`dbox_store::buffers`]).
+/// zeros (for an object, that is a pass over every byte received).
 async fn read_vec(r: &mut quinn::RecvStream, len: usize, what: &'static str) -> Result<Vec<u8>, NetError> {
-    let mut buf = dbox_store::buffers::take(len);
+    let mut buf = Vec::with_capacity(len);
     while buf.len() < len {
         match tokio::time::timeout(REQUEST_TIMEOUT, r.read_chunk(len - buf.len(), true)).await {
             Ok(Ok(Some(chunk))) => buf.extend_from_slice(&chunk.bytes),
@@ -278,23 +277,6 @@ pub async fn write_object(
     Ok(())
 }
 
-/// An object's buffer lent to the stream: given back for reuse
-/// ([`dbox_store::buffers`]) once the stream has sent it and the peer has
-/// acknowledged it.
-struct Pooled(Vec<u8>);
-
-impl AsRef<[u8]> for Pooled {
-    fn as_ref(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl Drop for Pooled {
-    fn drop(&mut self) {
-        dbox_store::buffers::give(std::mem::take(&mut self.0));
-    }
-}
-
 /// [`write_object`] for an object the caller gives up: the stream takes
 /// its buffer as it is, with no copy into the stream's own.
 pub async fn write_object_owned(
@@ -303,7 +285,7 @@ pub async fn write_object_owned(
     bytes: Vec<u8>,
 ) -> Result<(), NetError> {
     let head = object_head(id, Some(bytes.len()));
-    let mut parts = [Bytes::copy_from_slice(&head), Bytes::from_owner(Pooled(bytes))];
+    let mut parts = [Bytes::copy_from_slice(&head), Bytes::from(bytes)];
     let mut at = 0;
     while at < parts.len() {
         // As `write_full`: the wait is for progress, not for the whole.
@@ -458,11 +440,7 @@ mod tests {
                 match frame {
                     Frame::Whole(got) => {
                         assert_eq!(&got, b);
-                        // At most a quarter more (a reused buffer, [`dbox_store::buffers`]).
-                        assert!(
-                            (b.len()..=b.len() + b.len() / 4).contains(&got.capacity()),
-                            "a buffer of about the stated length only"
-                        );
+                        assert_eq!(got.capacity(), b.len(), "a buffer of the stated length only");
                     }
                     _ => panic!("not whole"),
                 }

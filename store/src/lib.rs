@@ -175,7 +175,6 @@
 //! and the pack. [`Store::verify`] checks every pack, index entry and object.
 //! Every decoder has its limits in [`limits`].
 
-pub mod buffers;
 pub mod chunker;
 pub mod crypto;
 pub mod delta;

@@ -288,11 +288,7 @@ pub fn open_owned(keys: &Keys, expected: ObjectKind, mut stored: Vec<u8>) -> Res
             stored.truncate(n);
             Ok(stored)
         }
-        COMPRESSION_ZSTD => {
-            let out = decompress_bounded(&stored[body], limit);
-            crate::buffers::give(stored);
-            out
-        }
+        COMPRESSION_ZSTD => decompress_bounded(&stored[body], limit),
         other => Err(DecodeError::Invalid(format!("unknown compression {other}"))),
     }
 }
@@ -329,12 +325,7 @@ fn decompress_bounded(frame: &[u8], limit: usize) -> Result<Vec<u8>, DecodeError
         }
         match d.as_mut() {
             Some(d) => {
-                // A reused buffer when there is one: fresh memory costs a
-                // page fault per 4 KiB.
-                let mut out = crate::buffers::take(declared as usize);
-                d.decompress_to_buffer(frame, &mut out)
-                    .map_err(|e| DecodeError::Decompress(e.to_string()))?;
-                Ok(out)
+                d.decompress(frame, declared as usize).map_err(|e| DecodeError::Decompress(e.to_string()))
             }
             None => Err(DecodeError::Decompress("no decompressor".into())),
         }

@@ -487,10 +487,7 @@ impl Store {
 
     pub(crate) fn read_at(&self, id: &ObjectId, loc: &Location) -> Result<Vec<u8>, StoreError> {
         let h = self.open_pack(&loc.pack)?;
-        // A reused buffer when there is one (a served object's buffer comes
-        // back once the network is done with it).
-        let mut buf = crate::buffers::take(loc.len as usize);
-        buf.resize(loc.len as usize, 0);
+        let mut buf = vec![0u8; loc.len as usize];
         h.file.read_exact_at(&mut buf, loc.offset).map_err(|e| {
             if e.kind() == std::io::ErrorKind::UnexpectedEof {
                 StoreError::CorruptObject {
