@@ -414,7 +414,8 @@ pub fn checkout(repo: &Repo, version: &VersionId, force: bool) -> Result<Outcome
 }
 
 /// [`checkout`] for a caller that already holds the store's writer lock
-/// (`w` is the proof, and lets the checkout remove what a killed restore left), such as a merge that has just stored `version`.
+/// (`w` is the proof, and lets the checkout remove what a killed restore
+/// left), such as a merge that has just stored `version`.
 pub(crate) fn checkout_locked(
     repo: &Repo,
     w: &dbox_store::Writer,
