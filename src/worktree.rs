@@ -179,22 +179,22 @@ fn read_folder(
         if name == b".dbox" && job.rel.is_empty() {
             continue;
         }
-        // Temporary files of an interrupted restore are never content.
-        if name.starts_with(b".dbox-restore-") && name.ends_with(b".tmp") {
-            if !other_repo && is_temp_name(name) && e.file_type().is_ok_and(|t| !t.is_dir()) {
-                leftovers.push([&job.rel[..], if job.rel.is_empty() { b"" } else { b"/" }, name].concat());
-            }
-            continue;
-        }
-        if let Err(err) = dbox_store::Name::new(name.to_vec()) {
-            warnings.push(format!("skipped {}: {err}", display(&[&job.rel[..], b"/", name].concat())));
-            continue;
-        }
         let mut rel = job.rel.clone();
         if !rel.is_empty() {
             rel.push(b'/');
         }
         rel.extend_from_slice(name);
+        // Temporary files of an interrupted restore are never content.
+        if name.starts_with(b".dbox-restore-") && name.ends_with(b".tmp") {
+            if !other_repo && is_temp_name(name) && e.file_type().is_ok_and(|t| !t.is_dir()) {
+                leftovers.push(rel);
+            }
+            continue;
+        }
+        if let Err(err) = dbox_store::Name::new(name.to_vec()) {
+            warnings.push(format!("skipped {}: {err}", display(&rel)));
+            continue;
+        }
         let ft = match e.file_type() {
             Ok(ft) => ft,
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,

@@ -10,15 +10,14 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{write, Run, TestResult};
-use dbox::identity::{parse_peer_id, Device};
+use common::peers::{json, token, Dev, Server};
+use common::{write, TestResult};
 use dbox::members::Record;
 use dbox::net::tls::{self, Identity};
 use dbox::net::wire::{
@@ -36,140 +35,6 @@ type R<T> = Result<T, Box<dyn std::error::Error>>;
 const STEP: Duration = Duration::from_secs(20);
 
 // ---- Devices and servers ---------------------------------------------------
-
-/// One simulated device: its own DBOX_HOME.
-struct Dev {
-    home: PathBuf,
-}
-
-impl Dev {
-    fn new(root: &Path, name: &str) -> std::io::Result<Self> {
-        let home = root.join(format!("home-{name}"));
-        std::fs::create_dir_all(&home)?;
-        Ok(Self { home })
-    }
-
-    fn command(&self, dir: &Path, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_dbox"));
-        c.args(args)
-            .current_dir(dir)
-            .env_clear()
-            .env("DBOX_HOME", &self.home)
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("TZ", "UTC");
-        c
-    }
-
-    fn run(&self, dir: &Path, args: &[&str]) -> std::io::Result<Run> {
-        let out = self.command(dir, args).stdin(Stdio::null()).output()?;
-        Ok(Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        })
-    }
-
-    fn ok(&self, dir: &Path, args: &[&str]) -> R<Run> {
-        let r = self.run(dir, args)?;
-        if r.code != 0 {
-            return Err(format!("dbox {args:?} failed: {r:?}").into());
-        }
-        Ok(r)
-    }
-
-    fn id(&self) -> R<String> {
-        Ok(self.ok(&self.home, &["id"])?.stdout.trim().to_string())
-    }
-
-    fn peer_id(&self) -> R<PeerId> {
-        Ok(parse_peer_id(&self.id()?)?)
-    }
-
-    fn device(&self) -> R<Device> {
-        Ok(Device::load_or_create(&self.home)?)
-    }
-
-    /// Starts `dbox serve` in `repo` on a free loopback port.
-    fn serve(&self, repo: &Path) -> R<Server> {
-        self.serve_on(repo, "127.0.0.1:0")
-    }
-
-    /// Starts `dbox serve --listen LISTEN` in `repo`.
-    fn serve_on(&self, repo: &Path, listen: &str) -> R<Server> {
-        let mut child = self
-            .command(repo, &["serve", "--listen", listen])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        let stderr = child.stderr.take().ok_or("no stderr")?;
-        let log = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let log2 = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(i) = line.find(" on 127.0.0.1:") {
-                    let _ = tx.send(line[i + 4..].split(',').next().unwrap_or("").trim().to_string());
-                }
-                if let Ok(mut l) = log2.lock() {
-                    l.push_str(&line);
-                    l.push('\n');
-                }
-            }
-        });
-        let mut server = Server { child, addr: String::new(), log };
-        match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(a) => server.addr = a,
-            Err(_) => return Err(format!("dbox serve did not start: {}", server.log()).into()),
-        }
-        Ok(server)
-    }
-}
-
-/// A `dbox serve` process, killed (SIGKILL) when dropped.
-struct Server {
-    child: Child,
-    addr: String,
-    log: Arc<Mutex<String>>,
-}
-
-impl Server {
-    fn log(&self) -> String {
-        self.log.lock().map(|l| l.clone()).unwrap_or_default()
-    }
-
-    fn sock(&self) -> R<SocketAddr> {
-        Ok(self.addr.parse()?)
-    }
-
-    /// Fails if the process has exited.
-    fn assert_alive(&mut self) -> TestResult {
-        if let Some(st) = self.child.try_wait()? {
-            return Err(format!("dbox serve exited ({st}); its log:\n{}", self.log()).into());
-        }
-        Ok(())
-    }
-
-    /// SIGKILL, and reap.
-    fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
-fn token(r: &Run) -> String {
-    r.stdout.lines().last().unwrap_or("").trim().to_string()
-}
-
-fn json(r: &Run) -> R<serde_json::Value> {
-    Ok(serde_json::from_str(&r.stdout)?)
-}
 
 /// Number of versions `dbox log` lists.
 fn version_count(dev: &Dev, repo: &Path) -> R<usize> {

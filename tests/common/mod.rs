@@ -26,6 +26,38 @@ impl std::fmt::Debug for Run {
     }
 }
 
+/// The `dbox` binary with `args`, run in `dir` with `home` as DBOX_HOME and
+/// nothing else from the environment but PATH (and TZ=UTC).
+pub fn dbox_command(home: &Path, dir: &Path, args: &[&str]) -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_dbox"));
+    c.args(args)
+        .current_dir(dir)
+        .env_clear()
+        .env("DBOX_HOME", home)
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("TZ", "UTC");
+    c
+}
+
+impl Run {
+    /// A finished process's exit code and output.
+    pub fn of(out: Output) -> Self {
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// This run, or an error naming `args` if it failed.
+    pub fn succeeded(self, args: &[&str]) -> Result<Run, Box<dyn std::error::Error>> {
+        if self.code != 0 {
+            return Err(format!("dbox {args:?} failed: {self:?}").into());
+        }
+        Ok(self)
+    }
+}
+
 impl TestEnv {
     pub fn new() -> Result<Self, std::io::Error> {
         let tmp = tempfile::tempdir()?;
@@ -39,33 +71,17 @@ impl TestEnv {
     }
 
     pub fn command(&self, dir: &Path, args: &[&str]) -> std::process::Command {
-        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_dbox"));
-        c.args(args)
-            .current_dir(dir)
-            .env_clear()
-            .env("DBOX_HOME", &self.home)
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("TZ", "UTC");
-        c
+        dbox_command(&self.home, dir, args)
     }
 
     /// Runs dbox in `dir` and returns its exit code and output.
     pub fn run(&self, dir: &Path, args: &[&str]) -> Result<Run, std::io::Error> {
-        let out: Output = self.command(dir, args).output()?;
-        Ok(Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        })
+        Ok(Run::of(self.command(dir, args).output()?))
     }
 
     /// Runs dbox and requires success.
     pub fn ok(&self, dir: &Path, args: &[&str]) -> Result<Run, Box<dyn std::error::Error>> {
-        let r = self.run(dir, args)?;
-        if r.code != 0 {
-            return Err(format!("dbox {args:?} failed: {r:?}").into());
-        }
-        Ok(r)
+        self.run(dir, args)?.succeeded(args)
     }
 
     /// Makes a repository at `rel` and returns its path.

@@ -1,12 +1,15 @@
 //! Devices and `dbox serve` processes for tests of sync between peers.
 
 use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::Run;
+use super::{dbox_command, Run, TestResult};
+
+type R<T> = Result<T, Box<dyn std::error::Error>>;
 
 /// One simulated device: its own DBOX_HOME.
 pub struct Dev {
@@ -21,41 +24,38 @@ impl Dev {
     }
 
     pub fn command(&self, dir: &Path, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_dbox"));
-        c.args(args)
-            .current_dir(dir)
-            .env_clear()
-            .env("DBOX_HOME", &self.home)
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("TZ", "UTC");
-        c
+        dbox_command(&self.home, dir, args)
     }
 
     pub fn run(&self, dir: &Path, args: &[&str]) -> std::io::Result<Run> {
-        let out = self.command(dir, args).stdin(Stdio::null()).output()?;
-        Ok(Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        })
+        Ok(Run::of(self.command(dir, args).stdin(Stdio::null()).output()?))
     }
 
-    pub fn ok(&self, dir: &Path, args: &[&str]) -> Result<Run, Box<dyn std::error::Error>> {
-        let r = self.run(dir, args)?;
-        if r.code != 0 {
-            return Err(format!("dbox {args:?} failed: {r:?}").into());
-        }
-        Ok(r)
+    pub fn ok(&self, dir: &Path, args: &[&str]) -> R<Run> {
+        self.run(dir, args)?.succeeded(args)
     }
 
-    pub fn id(&self) -> Result<String, Box<dyn std::error::Error>> {
+    pub fn id(&self) -> R<String> {
         Ok(self.ok(&self.home, &["id"])?.stdout.trim().to_string())
     }
 
+    pub fn peer_id(&self) -> R<dbox::store::PeerId> {
+        Ok(dbox::identity::parse_peer_id(&self.id()?)?)
+    }
+
+    pub fn device(&self) -> R<dbox::identity::Device> {
+        Ok(dbox::identity::Device::load_or_create(&self.home)?)
+    }
+
     /// Starts `dbox serve` in `repo` on a free loopback port.
-    pub fn serve(&self, repo: &Path) -> Result<Server, Box<dyn std::error::Error>> {
+    pub fn serve(&self, repo: &Path) -> R<Server> {
+        self.serve_on(repo, "127.0.0.1:0")
+    }
+
+    /// Starts `dbox serve --listen LISTEN` in `repo`.
+    pub fn serve_on(&self, repo: &Path, listen: &str) -> R<Server> {
         let mut child = self
-            .command(repo, &["serve", "--listen", "127.0.0.1:0"])
+            .command(repo, &["serve", "--listen", listen])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -76,12 +76,15 @@ impl Dev {
             }
         });
         let mut server = Server { child, addr: String::new(), log };
-        server.addr = rx.recv_timeout(Duration::from_secs(20)).map_err(|_| "dbox serve did not start")?;
+        match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(a) => server.addr = a,
+            Err(_) => return Err(format!("dbox serve did not start: {}", server.log()).into()),
+        }
         Ok(server)
     }
 }
 
-/// A `dbox serve` process, killed when dropped.
+/// A `dbox serve` process, killed (SIGKILL) when dropped.
 pub struct Server {
     pub child: Child,
     pub addr: String,
@@ -92,19 +95,37 @@ impl Server {
     pub fn log(&self) -> String {
         self.log.lock().map(|l| l.clone()).unwrap_or_default()
     }
-}
 
-impl Drop for Server {
-    fn drop(&mut self) {
+    pub fn sock(&self) -> R<SocketAddr> {
+        Ok(self.addr.parse()?)
+    }
+
+    /// Fails if the process has exited.
+    pub fn assert_alive(&mut self) -> TestResult {
+        if let Some(st) = self.child.try_wait()? {
+            return Err(format!("dbox serve exited ({st}); its log:\n{}", self.log()).into());
+        }
+        Ok(())
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill9(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// The invitation token a `dbox invite` printed (its last line).
 pub fn token(r: &Run) -> String {
     r.stdout.lines().last().unwrap_or("").trim().to_string()
 }
 
-pub fn json(r: &Run) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
+pub fn json(r: &Run) -> R<serde_json::Value> {
     Ok(serde_json::from_str(&r.stdout)?)
 }
