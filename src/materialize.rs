@@ -22,6 +22,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use dbox_store::object::Payload;
 use dbox_store::{ObjectId, Store, Tree, VersionId};
 use rustix::fs::FileType;
 
@@ -170,7 +171,7 @@ const BLOCK: usize = 4096;
 /// Chunks of a file not yet written, in order.
 #[derive(Default)]
 struct Batch {
-    parts: std::collections::VecDeque<Vec<u8>>,
+    parts: std::collections::VecDeque<Payload>,
     /// Bytes of the first part already written.
     skip: usize,
     /// Bytes not yet written.
@@ -178,7 +179,7 @@ struct Batch {
 }
 
 impl Batch {
-    fn push(&mut self, part: Vec<u8>) {
+    fn push(&mut self, part: Payload) {
         self.len += part.len();
         self.parts.push_back(part);
     }
@@ -445,7 +446,7 @@ pub(crate) trait Feed: Sync {
     fn ready(&self, ids: &[ObjectId]) -> Result<bool>;
     /// A chunk's plaintext (the feed may hold it in memory, not yet
     /// stored), waiting for it while the transfer runs.
-    fn chunk(&self, store: &Store, id: &ObjectId) -> Result<Vec<u8>>;
+    fn chunk(&self, store: &Store, id: &ObjectId) -> Result<Payload>;
     /// Told, before any [`Feed::chunk`], every chunk the checkout will
     /// ask for (once per use), so that the feed holds on to those only.
     fn expect(&self, chunks: &mut dyn Iterator<Item = &ObjectId>);
@@ -1029,7 +1030,7 @@ mod tests {
             for (i, n) in sizes.iter().enumerate() {
                 let part: Vec<u8> = (0..*n).map(|j| (i * 7 + j) as u8).collect();
                 expected.extend_from_slice(&part);
-                batch.push(part);
+                batch.push(Payload::from(part));
             }
             let mut done = 0;
             for c in cuts {
@@ -1052,7 +1053,7 @@ mod tests {
         fn ready(&self, ids: &[ObjectId]) -> Result<bool> {
             (self.0)(ids)
         }
-        fn chunk(&self, store: &Store, id: &ObjectId) -> Result<Vec<u8>> {
+        fn chunk(&self, store: &Store, id: &ObjectId) -> Result<Payload> {
             Ok(store.get_chunk(id)?)
         }
         fn expect(&self, _: &mut dyn Iterator<Item = &ObjectId>) {}

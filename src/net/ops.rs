@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use dbox_store::object::Payload;
 use serde_bytes::ByteBuf;
 use tokio::task::JoinSet;
 
@@ -563,15 +564,19 @@ impl crate::materialize::Feed for CloneFeed {
         }
     }
 
-    fn chunk(&self, store: &dbox_store::Store, id: &ObjectId) -> Result<Vec<u8>> {
+    fn chunk(&self, store: &dbox_store::Store, id: &ObjectId) -> Result<Payload> {
         let mut wait = Duration::ZERO;
         loop {
             if let Some(stored) = self.arrived.take(id, wait) {
                 // Verified against its id when it arrived.
-                return dbox_store::object::open_owned(store.keys(), dbox_store::ObjectKind::Chunk, stored)
-                    .map_err(|source| {
-                        dbox_store::StoreError::CorruptObject { id: *id, pack: None, source }.into()
-                    });
+                return dbox_store::object::open_in_place(
+                    store.keys(),
+                    dbox_store::ObjectKind::Chunk,
+                    stored,
+                )
+                .map_err(|source| {
+                    dbox_store::StoreError::CorruptObject { id: *id, pack: None, source }.into()
+                });
             }
             // Read before looking: once set, everything that came is stored.
             let finished = self.done.load(std::sync::atomic::Ordering::SeqCst);

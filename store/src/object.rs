@@ -249,10 +249,72 @@ fn check_len(stored: &[u8]) -> Result<(), DecodeError> {
     Ok(())
 }
 
-/// As [`open`], decrypting in `stored` itself, with no copy first: a
-/// payload stored without compression is moved to the front of that
-/// buffer and returned in it.
-pub fn open_owned(keys: &Keys, expected: ObjectKind, mut stored: Vec<u8>) -> Result<Vec<u8>, DecodeError> {
+/// A payload, decrypted in the buffer that held the stored object: one
+/// stored without compression stays where it lies in that buffer, behind
+/// the header, rather than be moved to the front of it (a copy of every
+/// incompressible chunk a checkout writes).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Payload {
+    buf: Vec<u8>,
+    start: usize,
+}
+
+impl Payload {
+    /// The payload as a vector of its own bytes (moved to the front first,
+    /// if they are behind a header).
+    pub fn into_vec(mut self) -> Vec<u8> {
+        if self.start > 0 {
+            self.buf.drain(..self.start);
+        }
+        self.buf
+    }
+}
+
+impl From<Vec<u8>> for Payload {
+    fn from(buf: Vec<u8>) -> Self {
+        Self { buf, start: 0 }
+    }
+}
+
+impl std::ops::Deref for Payload {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+}
+
+impl AsRef<[u8]> for Payload {
+    fn as_ref(&self) -> &[u8] {
+        self
+    }
+}
+
+impl PartialEq<[u8]> for Payload {
+    fn eq(&self, other: &[u8]) -> bool {
+        **self == *other
+    }
+}
+
+impl<const N: usize> PartialEq<&[u8; N]> for Payload {
+    fn eq(&self, other: &&[u8; N]) -> bool {
+        **self == other[..]
+    }
+}
+
+impl PartialEq<Vec<u8>> for Payload {
+    fn eq(&self, other: &Vec<u8>) -> bool {
+        **self == other[..]
+    }
+}
+
+/// As [`open`], decrypting in `stored` itself, with no copy first.
+pub fn open_owned(keys: &Keys, expected: ObjectKind, stored: Vec<u8>) -> Result<Vec<u8>, DecodeError> {
+    open_in_place(keys, expected, stored).map(Payload::into_vec)
+}
+
+/// As [`open_owned`], leaving a payload stored without compression where
+/// it lies in `stored` ([`Payload`]).
+pub fn open_in_place(keys: &Keys, expected: ObjectKind, mut stored: Vec<u8>) -> Result<Payload, DecodeError> {
     check_len(&stored)?;
     let kind = ObjectKind::of_stored(&stored)?;
     if kind != expected {
@@ -283,12 +345,10 @@ pub fn open_owned(keys: &Keys, expected: ObjectKind, mut stored: Vec<u8>) -> Res
                     limit: limit as u64,
                 });
             }
-            let n = body.len();
-            stored.copy_within(body, 0);
-            stored.truncate(n);
-            Ok(stored)
+            stored.truncate(body.end);
+            Ok(Payload { buf: stored, start: body.start })
         }
-        COMPRESSION_ZSTD => decompress_bounded(&stored[body], limit),
+        COMPRESSION_ZSTD => decompress_bounded(&stored[body], limit).map(Payload::from),
         other => Err(DecodeError::Invalid(format!("unknown compression {other}"))),
     }
 }
@@ -364,6 +424,11 @@ mod tests {
         assert_eq!(open(&k, ObjectKind::Chunk, &stored)?, random);
         // In its own buffer: the same payloads, compressed or not.
         assert_eq!(open_owned(&k, ObjectKind::Chunk, stored.clone())?, random);
+        // In place: the same bytes, behind the header, and the same once moved.
+        let here = open_in_place(&k, ObjectKind::Chunk, stored.clone())?;
+        assert_eq!(here, random);
+        assert_eq!(here.clone().into_vec(), random);
+        assert_eq!(open_in_place(&k, ObjectKind::Chunk, seal(&k, ObjectKind::Chunk, &text).1)?, text);
         assert_eq!(open_owned(&k, ObjectKind::Chunk, seal(&k, ObjectKind::Chunk, &text).1)?, text);
         assert_eq!(open_owned(&k, ObjectKind::Chunk, seal(&k, ObjectKind::Chunk, b"").1)?, b"");
         for at in [0, 2, SEALED_HEADER_LEN, stored.len() / 2, stored.len() - 1] {

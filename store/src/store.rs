@@ -541,9 +541,9 @@ impl Store {
     }
 
     /// An object's payload (decrypted and decompressed), checked to be of `kind`.
-    pub fn get_payload(&self, id: &ObjectId, kind: ObjectKind) -> Result<Vec<u8>, StoreError> {
+    pub fn get_payload(&self, id: &ObjectId, kind: ObjectKind) -> Result<object::Payload, StoreError> {
         let (stored, pack) = self.read_verified(id)?.ok_or(StoreError::NotFound { id: *id })?;
-        object::open_owned(&self.inner.keys, kind, stored).map_err(|source| StoreError::CorruptObject {
+        object::open_in_place(&self.inner.keys, kind, stored).map_err(|source| StoreError::CorruptObject {
             id: *id,
             pack: Some(pack),
             source,
@@ -551,7 +551,7 @@ impl Store {
     }
 
     /// A chunk's plaintext.
-    pub fn get_chunk(&self, id: &ObjectId) -> Result<Vec<u8>, StoreError> {
+    pub fn get_chunk(&self, id: &ObjectId) -> Result<object::Payload, StoreError> {
         self.get_payload(id, ObjectKind::Chunk)
     }
 
