@@ -890,9 +890,21 @@ fn apply(
     out.written.sort();
     out.incomplete |= incomplete.load(std::sync::atomic::Ordering::Relaxed);
     // The handles follow a folder moved away meanwhile (by the user, in a
-    // folder they may already use): what went there is not in the tree.
-    if fresh && !out.incomplete && folders.moved().is_some() {
-        out.incomplete = true;
+    // folder they may already use): what went there is not in the tree. A
+    // fresh checkout is then incomplete (its caller checks out again); a
+    // restore or checkout in place says so.
+    if !out.incomplete {
+        if let Some(p) = folders.moved() {
+            if fresh {
+                out.incomplete = true;
+            } else {
+                out.warnings.push(format!(
+                    "folder {} was moved, removed or replaced while this wrote into it: what was written \
+                     there went with it; run the command again to write it at its path",
+                    display(&p)
+                ));
+            }
+        }
     }
     match first_err {
         Some(e) => Err(e),

@@ -727,6 +727,49 @@ fn a_checkout_killed_mid_write_leaves_no_temporary_file_for_commit_to_record() -
 }
 
 #[test]
+fn a_folder_moved_during_a_checkout_in_place_is_named() -> TestResult {
+    // The checkout writes through a handle of the folder, which follows it
+    // when the user moves it meanwhile: what it wrote goes with the folder,
+    // and the checkout must say so rather than report the file in place.
+    let env = TestEnv::new()?;
+    let repo = env.repo("r")?;
+    write(&repo.join("dir/big.bin"), common::bytes(2, 300 << 20))?;
+    write(&repo.join("dir/note"), "note")?;
+    let v1 = env.commit(&repo, "big")?;
+    write(&repo.join("dir/big.bin"), "small")?;
+    env.commit(&repo, "small")?;
+    let mut child =
+        env.command(&repo, &["checkout", &v1]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
+    let start = Instant::now();
+    let mut moved = false;
+    while start.elapsed() < Duration::from_secs(60) && child.try_wait()?.is_none() {
+        let writing = std::fs::read_dir(repo.join("dir"))?
+            .filter_map(|e| e.ok())
+            .any(|e| e.file_name().as_bytes().starts_with(b".dbox-restore-"));
+        if writing {
+            std::fs::rename(repo.join("dir"), repo.join("elsewhere"))?;
+            moved = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let out = child.wait_with_output()?;
+    if !moved {
+        return Err("the checkout finished before its folder could be moved".into());
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("folder dir was moved"), "{stderr}");
+    // The file went with the folder; run again, the checkout writes it at its path.
+    assert_eq!(std::fs::read(repo.join("elsewhere/big.bin"))?, common::bytes(2, 300 << 20));
+    let r = env.ok(&repo, &["checkout", "--force", &v1])?;
+    assert!(!r.stderr.contains("was moved"), "{r:?}");
+    assert_eq!(std::fs::read(repo.join("dir/big.bin"))?, common::bytes(2, 300 << 20));
+    assert_eq!(std::fs::read(repo.join("dir/note"))?, b"note");
+    Ok(())
+}
+
+#[test]
 fn temporary_files_of_an_interrupted_restore_go_with_the_next_commit_and_nothing_else() -> TestResult {
     let env = TestEnv::new()?;
     let repo = env.repo("r")?;
