@@ -487,8 +487,7 @@ impl Store {
 
     pub(crate) fn read_at(&self, id: &ObjectId, loc: &Location) -> Result<Vec<u8>, StoreError> {
         let h = self.open_pack(&loc.pack)?;
-        let mut buf = vec![0u8; loc.len as usize];
-        h.file.read_exact_at(&mut buf, loc.offset).map_err(|e| {
+        let mut buf = h.file.read_vec_at(loc.len as usize, loc.offset).map_err(|e| {
             if e.kind() == std::io::ErrorKind::UnexpectedEof {
                 StoreError::CorruptObject {
                     id: *id,
