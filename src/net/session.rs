@@ -29,6 +29,18 @@ pub const PARALLEL_GETS: usize = 8;
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
 /// Bytes a serving request reads ahead of what the network took.
 const SEND_AHEAD: usize = 4 << 20;
+/// Objects a serving request reads ahead of what the network took: enough
+/// that [`SEND_AHEAD`] bounds it for objects of 16 KiB and more.
+const SEND_AHEAD_OBJECTS: usize = 256;
+
+/// What a serving request's reader has read ahead of the network.
+#[derive(Default)]
+struct Ahead {
+    /// Bytes read and not yet taken by the network.
+    held: usize,
+    /// The reader waits for room.
+    waiting: bool,
+}
 /// Requests a level of the tree walk is fetched in at once.
 const TREE_GETS: usize = 4;
 /// Fewest trees per request when a level is split (a small level goes in
@@ -543,10 +555,12 @@ impl Session {
     }
 
     /// Streams objects: a blocking reader stays at most [`SEND_AHEAD`]
-    /// bytes (or one larger object) and 16 objects ahead of the network, so
-    /// memory per request stays bounded while the reader seldom waits for
-    /// each object (two objects ahead cost a tenth of a serving end's CPU
-    /// in thread wake-ups for a clone of `mixed`). An object
+    /// bytes (or one larger object) and [`SEND_AHEAD_OBJECTS`] objects ahead
+    /// of the network, so memory per request stays bounded while the reader
+    /// seldom waits for each object (two objects ahead cost a tenth of a
+    /// serving end's CPU in thread wake-ups for a clone of `mixed`). Once
+    /// it waits, it is woken when a quarter of [`SEND_AHEAD`] is free, not
+    /// at every object sent, and reads a run of objects per wake-up. An object
     /// with a base goes as a delta against it where that pays
     /// ([`delta_of`]).
     async fn send_objects(
@@ -557,9 +571,9 @@ impl Session {
     ) -> Result<()> {
         let store = self.repo.store().clone();
         // Each frame goes with the bytes it counts against `SEND_AHEAD`.
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<(ObjectId, Frame, usize)>(16);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<(ObjectId, Frame, usize)>(SEND_AHEAD_OBJECTS);
         // Bytes read and not yet taken by the network.
-        let ahead = Arc::new((Mutex::new(0usize), std::sync::Condvar::new()));
+        let ahead = Arc::new((Mutex::new(Ahead::default()), std::sync::Condvar::new()));
         let ahead2 = ahead.clone();
         let reader = tokio::task::spawn_blocking(move || {
             let ahead = ahead2;
@@ -589,18 +603,20 @@ impl Session {
                     Frame::Delta { delta, .. } => delta.len(),
                 };
                 {
-                    let Ok(mut held) = ahead.0.lock() else { return };
+                    let Ok(mut a) = ahead.0.lock() else { return };
                     // One object goes whatever its size.
-                    while *held > 0 && *held + len > SEND_AHEAD {
+                    while a.held > 0 && a.held + len > SEND_AHEAD {
                         if tx.is_closed() {
                             return;
                         }
-                        held = match ahead.1.wait_timeout(held, Duration::from_millis(100)) {
-                            Ok((h, _)) => h,
+                        a.waiting = true;
+                        a = match ahead.1.wait_timeout(a, Duration::from_millis(100)) {
+                            Ok((a, _)) => a,
                             Err(_) => return,
                         };
+                        a.waiting = false;
                     }
-                    *held += len;
+                    a.held += len;
                 }
                 if tx.blocking_send((id, frame, len)).is_err() {
                     return;
@@ -613,9 +629,11 @@ impl Session {
                 Frame::Whole(b) => wire::write_object_owned(&mut send, &id, b).await?,
                 Frame::Delta { base, delta } => wire::write_delta(&mut send, &id, &base, &delta).await?,
             }
-            if let Ok(mut held) = ahead.0.lock() {
-                *held = held.saturating_sub(len);
-                ahead.1.notify_one();
+            if let Ok(mut a) = ahead.0.lock() {
+                a.held = a.held.saturating_sub(len);
+                if a.waiting && a.held <= SEND_AHEAD - SEND_AHEAD / 4 {
+                    ahead.1.notify_one();
+                }
             }
             // Progress for an announcer waiting on our pull of its objects.
             self.served.fetch_add(1, Ordering::Relaxed);
