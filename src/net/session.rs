@@ -41,6 +41,7 @@ struct Ahead {
     /// The reader waits for room.
     waiting: bool,
 }
+
 /// Requests a level of the tree walk is fetched in at once.
 const TREE_GETS: usize = 4;
 /// Fewest trees per request when a level is split (a small level goes in
