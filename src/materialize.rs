@@ -1024,6 +1024,86 @@ mod tests {
         });
     }
 
+    /// Guards against a lost wake-up of a thread waiting for a folder (each
+    /// would cost it the 50 ms of its timed wait): folders made one by one,
+    /// four threads waiting for each in turn, and no count left over.
+    #[test]
+    fn waiters_for_folders_made_one_by_one_are_each_woken() {
+        use std::sync::atomic::AtomicBool;
+        const N: usize = 300;
+        let names: Vec<Vec<u8>> = (0..N).map(|i| format!("d{i}").into_bytes()).collect();
+        let files: Vec<Vec<u8>> = (0..N).map(|i| format!("d{i}/f").into_bytes()).collect();
+        let made = Made::new(names.iter().map(|n| n.as_slice()));
+        let failed = AtomicBool::new(false);
+        let start = std::time::Instant::now();
+        std::thread::scope(|s| {
+            let waiters: Vec<_> =
+                (0..4).map(|_| s.spawn(|| files.iter().all(|f| made.wait_for_folder(f, &failed)))).collect();
+            for n in &names {
+                std::thread::sleep(std::time::Duration::from_micros(500));
+                made.finished(n);
+            }
+            for w in waiters {
+                assert!(matches!(w.join(), Ok(true)));
+            }
+        });
+        let took = start.elapsed();
+        // 300 folders 0.5 ms apart: about 0.2 s; a lost wake-up at each, 15 s.
+        assert!(took < std::time::Duration::from_secs(5), "{took:?}");
+        let left = made.done.lock().map(|d| (d.waiters, d.folders.iter().all(|f| *f)));
+        assert_eq!(left.ok(), Some((0, true)));
+    }
+
+    /// Payloads decrypted in place (behind their header, stored without
+    /// compression) and decompressed ones, mixed, of sizes around the
+    /// compression threshold and the write blocks, the same one several
+    /// times: a batch writes exactly their bytes, however it is cut.
+    #[test]
+    fn a_batch_writes_payloads_that_lie_behind_their_header() -> Result<()> {
+        use dbox_store::object::{open_in_place, seal};
+        use dbox_store::ObjectKind;
+        let keys = dbox_store::Keys::derive(&dbox_store::RepoKey::from_bytes([7; 32]));
+        let random = |seed: usize, n: usize| -> Vec<u8> {
+            (0..n).map(|i| ((i + seed * 7919).wrapping_mul(2654435761) >> 13) as u8).collect()
+        };
+        let sizes =
+            [0, 1, 127, 128, 129, 4095, 4096, 4097, 65_536, WRITE_BATCH - 1, WRITE_BATCH, WRITE_BATCH + 1];
+        let mut plain: Vec<Vec<u8>> = Vec::new();
+        for (i, n) in sizes.iter().enumerate() {
+            plain.push(random(i, *n));
+            plain.push(b"text ".repeat(n / 5 + 1)[..*n].to_vec());
+        }
+        // The same chunk three times over, as a file of duplicates holds it.
+        plain.push(random(99, 5000));
+        plain.push(random(99, 5000));
+        plain.push(random(99, 5000));
+        for cuts in [vec![], vec![BLOCK, 3 * BLOCK], vec![WRITE_BATCH, 17 * BLOCK, 2 * WRITE_BATCH]] {
+            let dir = tempfile::tempdir().map_err(RepoError::io("tempdir", "."))?;
+            let path = dir.path().join("f");
+            let f = std::fs::File::create(&path).map_err(RepoError::io("create", &path))?;
+            let mut batch = Batch::default();
+            let mut expected = Vec::new();
+            for p in &plain {
+                let (_, stored) = seal(&keys, ObjectKind::Chunk, p);
+                let payload = open_in_place(&keys, ObjectKind::Chunk, stored)
+                    .map_err(|e| RepoError::Usage(e.to_string()))?;
+                assert_eq!(&*payload, &p[..]);
+                expected.extend_from_slice(p);
+                batch.push(payload);
+            }
+            for c in cuts {
+                let n = (c - c % BLOCK).min(batch.len);
+                batch.write(&f, n).map_err(RepoError::io("write", &path))?;
+            }
+            batch.write(&f, batch.len).map_err(RepoError::io("write", &path))?;
+            assert_eq!(batch.len, 0);
+            let got = std::fs::read(&path).map_err(RepoError::io("read", &path))?;
+            assert_eq!(got.len(), expected.len());
+            assert!(got == expected, "the bytes written differ");
+        }
+        Ok(())
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
         /// Whatever the chunk sizes and however the writes are cut, the

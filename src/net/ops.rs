@@ -584,7 +584,11 @@ impl crate::materialize::Feed for CloneFeed {
                 // Still to come, or arrived and left memory but not yet
                 // flushed: wait for it to arrive, then look again.
                 Err(dbox_store::StoreError::NotFound { .. }) if !finished => wait = READY_POLL,
-                r => return r.map_err(Into::into),
+                Ok(payload) => {
+                    self.arrived.spent(id);
+                    return Ok(payload);
+                }
+                Err(e) => return Err(e.into()),
             }
         }
     }

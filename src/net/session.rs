@@ -1558,8 +1558,9 @@ impl Arrived {
             return;
         }
         let mut deadline = Instant::now() + ROOM_WAIT_MAX;
-        // A chunk a taker waits for goes in even over the bound (by one
-        // chunk at most beyond twice the bound: there is one storing thread).
+        // A chunk a taker waits for goes in even over the bound: beyond
+        // twice the bound by at most one chunk per waiting taker (there is
+        // one storing thread, and each taker waits for one chunk).
         while a.bytes + cost > self.limit && !a.awaited.contains_key(&id) {
             let stalled = a.awaited.keys().any(|w| !a.map.contains_key(w));
             if stalled && a.bytes + cost <= 2 * self.limit {
@@ -1580,6 +1581,10 @@ impl Arrived {
                 Err(_) => return,
             };
             a.room_waiting = false;
+        }
+        // Taken from the store meanwhile, as often as it is needed.
+        if a.wanted.as_ref().is_some_and(|w| !w.contains_key(&id)) {
+            return;
         }
         a.bytes += cost;
         a.map.insert(id, stored);
@@ -1739,10 +1744,40 @@ impl Arrived {
         }
         let b = a.map.remove(id)?;
         a.bytes -= b.len() + ARRIVED_ENTRY;
+        self.made_room(a);
+        Some(b)
+    }
+
+    /// The checkout took a chunk from the store, as it was not here (still
+    /// on its way, with the storing thread, once that had flushed it): one
+    /// use fewer to keep it for. With none left it goes, and is not kept
+    /// when it comes; else it would stay here, taking room, to the end.
+    pub fn spent(&self, id: &ObjectId) {
+        let Ok(mut a) = self.inner.lock() else { return };
+        let a = &mut *a;
+        let Some(w) = a.wanted.as_mut() else { return };
+        match w.get_mut(id) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                return;
+            }
+            Some(_) => {
+                w.remove(id);
+            }
+            None => return,
+        }
+        if let Some(b) = a.map.remove(id) {
+            a.bytes -= b.len() + ARRIVED_ENTRY;
+            self.made_room(a);
+        }
+    }
+
+    /// Wakes the storing thread if it waits for room and a quarter of the
+    /// bound is free.
+    fn made_room(&self, a: &ArrivedInner) {
         if a.room_waiting && a.bytes <= self.limit - self.limit / ROOM_SLACK {
             self.room.notify_all();
         }
-        Some(b)
     }
 
     /// Waits up to `wait` for a chunk to be here; whether it is.
@@ -2184,5 +2219,230 @@ mod tests {
         pair_chunks(&ids(&[9]), &ids(&[3]), &mut m);
         pair_chunks(&ids(&[9]), &ids(&[4]), &mut m);
         assert_eq!(m.get(&ObjectId([9; 32])), Some(&ObjectId([3; 32])));
+    }
+
+    /// Guards against a chunk the checkout took from the store staying in
+    /// `Arrived` to the end, taking room: the storing thread held it,
+    /// waiting for room, after a flush had made it readable.
+    #[test]
+    fn a_chunk_taken_from_the_store_is_not_kept_after() {
+        let id = |i: u8| ObjectId([i; 32]);
+        let c = 30 + ARRIVED_ENTRY;
+        let a = Arrived::new(4 * c);
+        // Chunk 9 is needed once, chunk 8 twice.
+        a.expect(&mut [0, 1, 2, 3, 8, 8, 9].map(id).iter());
+        for i in 0..4 {
+            a.keep(id(i), vec![i; 30]);
+        }
+        std::thread::scope(|s| {
+            let storing = s.spawn(|| a.keep(id(9), vec![9; 30]));
+            until_room_waiting(&a);
+            // The checkout read 9 from the store, then takes the rest.
+            a.spent(&id(9));
+            for i in 0..4 {
+                assert!(a.take(&id(i), Duration::ZERO).is_some());
+            }
+            assert!(storing.join().is_ok());
+        });
+        assert!(!a.has(&id(9)), "kept though no longer needed");
+        // Needed twice, read from the store once: still kept for the other.
+        a.keep(id(8), vec![8; 30]);
+        a.spent(&id(8));
+        assert!(a.has(&id(8)));
+        a.spent(&id(8));
+        assert!(!a.has(&id(8)), "gone with its last use");
+        let left = a.inner.lock().map(|i| (i.map.len(), i.bytes, i.wanted.as_ref().map(HashMap::len)));
+        assert_eq!(left.ok(), Some((0, 0, Some(0))));
+    }
+
+    /// Waits (2 s at most) until the storing thread waits for room.
+    fn until_room_waiting(a: &Arrived) {
+        for _ in 0..1000 {
+            if a.inner.lock().is_ok_and(|i| i.room_waiting) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Guards against a lost wake-up of a storing thread waiting for room:
+    /// a quarter taken, a taker waiting for another chunk, the plan
+    /// dropping what is not needed, and the end of the checkout each wake
+    /// it at once, not after ROOM_WAIT_MAX.
+    #[test]
+    fn a_storing_thread_waiting_for_room_is_woken_by_each_thing_that_frees_it() {
+        let id = |i: u8| ObjectId([i; 32]);
+        let c = 30 + ARRIVED_ENTRY;
+        let soon = Duration::from_millis(1500);
+        // Fills a buffer of 8 chunks, and starts keeping a ninth.
+        let run = |planned: bool, free: &dyn Fn(&Arrived)| -> (Duration, bool) {
+            let a = Arrived::new(8 * c);
+            if planned {
+                a.expect(&mut (0..20).map(id).collect::<Vec<_>>().iter());
+            }
+            for i in 0..8 {
+                a.keep(id(i), vec![i; 30]);
+            }
+            std::thread::scope(|s| {
+                let producer = s.spawn(|| {
+                    let start = Instant::now();
+                    a.keep(id(8), vec![8; 30]);
+                    start.elapsed()
+                });
+                until_room_waiting(&a);
+                let start = Instant::now();
+                free(&a);
+                let waited = producer.join().unwrap_or(Duration::MAX);
+                (waited.min(start.elapsed()), a.has(&id(8)))
+            })
+        };
+        // Two of eight taken: a quarter.
+        let (t, kept) = run(true, &|a| {
+            assert!(a.take(&id(0), Duration::ZERO).is_some() && a.take(&id(1), Duration::ZERO).is_some());
+        });
+        assert!(t < soon && kept, "a quarter taken: {t:?}");
+        // A taker waits for a chunk not here (the stream may bring it behind).
+        let (t, kept) = run(true, &|a| {
+            std::thread::scope(|s| {
+                let taker = s.spawn(|| a.take(&id(12), Duration::from_millis(300)));
+                until_awaited(a, &id(12));
+                let _ = taker.join();
+            })
+        });
+        assert!(t < soon && kept, "a taker waiting: {t:?}");
+        // Before the plan: the plan drops what is not needed.
+        let (t, kept) = run(false, &|a| a.expect(&mut [id(0), id(8)].iter()));
+        assert!(t < soon && kept, "the plan: {t:?}");
+        // The checkout ends.
+        let (t, kept) = run(true, &Arrived::close);
+        assert!(t < soon && !kept, "closed: {t:?}");
+    }
+
+    /// Guards against a lost wake-up, a stall or a count left over between
+    /// one storing thread and several takers, with chunks arriving in an
+    /// order unlike the checkout's (batches reversed and swapped, as a
+    /// hostile or unlucky peer sends them), chunks used several times in
+    /// one file and across files: no keep waits out ROOM_WAIT_MAX, memory
+    /// stays within twice the bound (and one chunk per waiting taker),
+    /// every taker gets the
+    /// right bytes, and every count ends at zero.
+    #[test]
+    fn a_storing_thread_and_takers_in_hostile_orders_lose_no_wake_up() {
+        // A checkout faster than the transfer, then one slower (the storing
+        // thread then waits for room at almost every chunk).
+        hostile_orders(Duration::ZERO);
+        hostile_orders(Duration::from_micros(300));
+    }
+
+    fn hostile_orders(taker_pause: Duration) {
+        const FILES: u32 = 1500;
+        let id = |i: u32| {
+            let mut b = [0xab; 32];
+            b[..4].copy_from_slice(&i.to_le_bytes());
+            ObjectId(b)
+        };
+        let content = |o: &ObjectId| -> Vec<u8> {
+            let i = u32::from_le_bytes([o.0[0], o.0[1], o.0[2], o.0[3]]);
+            vec![o.0[0] ^ o.0[1]; 20 + (i as usize * 37) % 300]
+        };
+        // Files in checkout order: 1-4 new chunks each; every 7th also uses
+        // a chunk of an earlier file, every 11th its own first chunk twice.
+        let mut files: Vec<Vec<ObjectId>> = Vec::new();
+        let mut n = 0u32;
+        for f in 0..FILES {
+            let mut file: Vec<ObjectId> = (0..1 + f % 4).map(|k| id(n + k)).collect();
+            n += 1 + f % 4;
+            if f % 7 == 3 {
+                file.push(id((f * 13) % n));
+            }
+            if f % 11 == 5 {
+                file.push(file[0]);
+            }
+            files.push(file);
+        }
+        // Asked for in first-use order; sent in batches of 16, each
+        // reversed, each pair of batches swapped.
+        let mut first: Vec<ObjectId> = Vec::new();
+        let mut seen = HashSet::new();
+        for c in files.iter().flatten() {
+            if seen.insert(*c) {
+                first.push(*c);
+            }
+        }
+        let mut batches: Vec<Vec<ObjectId>> =
+            first.chunks(16).map(|b| b.iter().rev().copied().collect()).collect();
+        for pair in batches.chunks_mut(2) {
+            pair.reverse();
+        }
+        let sent: Vec<ObjectId> = batches.into_iter().flatten().collect();
+        let limit = 40 * (150 + ARRIVED_ENTRY);
+        let a = Arrived::new(limit);
+        a.expect(&mut files.iter().flatten());
+        let stored: Mutex<HashSet<ObjectId>> = Mutex::new(HashSet::new());
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let from_store = std::sync::atomic::AtomicUsize::new(0);
+        let start = Instant::now();
+        let (longest_keep, most_held) = std::thread::scope(|s| {
+            let producer = s.spawn(|| {
+                let (mut longest, mut most) = (Duration::ZERO, 0);
+                for (k, c) in sent.iter().enumerate() {
+                    let t = Instant::now();
+                    a.keep(*c, content(c));
+                    longest = longest.max(t.elapsed());
+                    most = most.max(a.inner.lock().map(|i| i.bytes).unwrap_or(usize::MAX));
+                    // Stored, and (in this model) readable at once after.
+                    stored.lock().map(|mut st| st.insert(*c)).ok();
+                    if k % 97 == 0 {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                }
+                (longest, most)
+            });
+            let take_all = || loop {
+                let f = next.fetch_add(1, Ordering::Relaxed);
+                let Some(file) = files.get(f) else { return };
+                for c in file {
+                    let mut wait = Duration::ZERO;
+                    let deadline = Instant::now() + Duration::from_secs(60);
+                    loop {
+                        assert!(Instant::now() < deadline, "chunk never came");
+                        if let Some(b) = a.take(c, wait) {
+                            assert_eq!(b, content(c));
+                            if !taker_pause.is_zero() {
+                                std::thread::sleep(taker_pause);
+                            }
+                            break;
+                        }
+                        if stored.lock().is_ok_and(|st| st.contains(c)) {
+                            if let Some(b) = a.take(c, Duration::ZERO) {
+                                assert_eq!(b, content(c));
+                            } else {
+                                from_store.fetch_add(1, Ordering::Relaxed);
+                            }
+                            break;
+                        }
+                        wait = Duration::from_millis(20);
+                    }
+                }
+            };
+            let takers: Vec<_> = (0..3).map(|_| s.spawn(take_all)).collect();
+            for t in takers {
+                assert!(t.join().is_ok(), "a taker failed");
+            }
+            producer.join().unwrap_or((Duration::MAX, usize::MAX))
+        });
+        let took = start.elapsed();
+        eprintln!(
+            "{} chunks in {took:?}, longest keep {longest_keep:?}, most held {most_held} of {limit}, {} read back",
+            sent.len(),
+            from_store.load(Ordering::Relaxed)
+        );
+        assert!(longest_keep < ROOM_WAIT_MAX, "a keep waited out ROOM_WAIT_MAX: {longest_keep:?}");
+        // Twice the bound, and one chunk each waiting taker awaits.
+        assert!(most_held <= 2 * limit + 3 * (320 + ARRIVED_ENTRY), "{most_held} held");
+        let left =
+            a.inner.lock().map(|i| (i.map.len(), i.bytes, i.awaited.len(), i.chunk_waiters, i.room_waiting));
+        assert_eq!(left.ok(), Some((0, 0, 0, 0, false)));
+        assert!(took < Duration::from_secs(30), "{took:?}");
     }
 }
