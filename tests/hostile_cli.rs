@@ -679,6 +679,22 @@ fn a_symlink_at_dbox_versions_is_not_written_through() -> TestResult {
     Ok(())
 }
 
+/// Waits (60 s at most) until `child`, a restore or checkout, writes a
+/// temporary file in `dir`; false if it ended first.
+fn until_writing(child: &mut std::process::Child, dir: &Path) -> BoxResult<bool> {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(60) && child.try_wait()?.is_none() {
+        let writing = std::fs::read_dir(dir)?
+            .filter_map(|e| e.ok())
+            .any(|e| e.file_name().as_bytes().starts_with(b".dbox-restore-"));
+        if writing {
+            return Ok(true);
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    Ok(false)
+}
+
 #[test]
 fn a_checkout_killed_mid_write_leaves_no_temporary_file_for_commit_to_record() -> TestResult {
     // Guards against: .dbox-restore-*.tmp files left in the working tree by a killed restore/checkout being listed by status and recorded by the next commit.
@@ -690,21 +706,12 @@ fn a_checkout_killed_mid_write_leaves_no_temporary_file_for_commit_to_record() -
     env.commit(&repo, "small")?;
     let mut child =
         env.command(&repo, &["checkout", &v1]).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
-    let start = Instant::now();
-    let mut killed = false;
-    while start.elapsed() < Duration::from_secs(60) && child.try_wait()?.is_none() {
-        let tmp_exists = std::fs::read_dir(&repo)?
-            .filter_map(|e| e.ok())
-            .any(|e| e.file_name().as_bytes().starts_with(b".dbox-restore-"));
-        if tmp_exists {
-            child.kill()?;
-            killed = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(2));
+    let writing = until_writing(&mut child, &repo)?;
+    if writing {
+        child.kill()?;
     }
     let _ = child.wait()?;
-    if !killed {
+    if !writing {
         return Err("the checkout finished before it could be killed".into());
     }
     let changes = status_changes(&env, &repo)?;
@@ -740,18 +747,9 @@ fn a_folder_moved_during_a_checkout_in_place_is_named() -> TestResult {
     env.commit(&repo, "small")?;
     let mut child =
         env.command(&repo, &["checkout", &v1]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
-    let start = Instant::now();
-    let mut moved = false;
-    while start.elapsed() < Duration::from_secs(60) && child.try_wait()?.is_none() {
-        let writing = std::fs::read_dir(repo.join("dir"))?
-            .filter_map(|e| e.ok())
-            .any(|e| e.file_name().as_bytes().starts_with(b".dbox-restore-"));
-        if writing {
-            std::fs::rename(repo.join("dir"), repo.join("elsewhere"))?;
-            moved = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(2));
+    let moved = until_writing(&mut child, &repo.join("dir"))?;
+    if moved {
+        std::fs::rename(repo.join("dir"), repo.join("elsewhere"))?;
     }
     let out = child.wait_with_output()?;
     if !moved {
