@@ -271,6 +271,61 @@ fn sync_over_a_slow_lossy_link_completes() -> TestResult {
     Ok(())
 }
 
+/// A clone over the slow link, with an outage of 3 s in the middle: its
+/// checkout, which writes files beside the transfer from what arrives,
+/// waits through the loss and the silence, and the clone completes with
+/// the same tree.
+#[test]
+fn a_clone_over_a_slow_lossy_link_completes() -> TestResult {
+    let tmp = tempfile::tempdir()?;
+    let (a, b) = (Dev::new(tmp.path(), "a")?, Dev::new(tmp.path(), "b")?);
+    let (ra, rb) = (tmp.path().join("a"), tmp.path().join("b"));
+    a.ok(tmp.path(), &["init", "a"])?;
+    // 5 MB: two large files, and 400 small ones in 20 folders.
+    for i in 0..2u64 {
+        write(&ra.join(format!("big/b{i}.bin")), common::bytes(60 + i, 2 << 20))?;
+    }
+    for i in 0..400u64 {
+        write(
+            &ra.join(format!("small/s{:02}/{i}.bin", i % 20)),
+            common::bytes(i, 1000 + (i as usize * 37) % 3000),
+        )?;
+    }
+    a.ok(&ra, &["commit", "-m", "first"])?;
+    let server = a.serve(&ra)?;
+    let relay = Relay::start(server.addr.parse()?, SLOW)?;
+    // The invitation names the relay rather than the server.
+    let mut tok = dbox::net::invite::Token::decode(&token(&a.ok(&ra, &["invite"])?))?;
+    tok.addrs = vec![relay.addr.to_string()];
+    let mut clone = b.command(tmp.path(), &["clone", &tok.encode(), "b"]).spawn()?;
+    std::thread::sleep(Duration::from_millis(800));
+    relay.go_silent(Duration::from_secs(3));
+    let t = Instant::now();
+    let out = loop {
+        if let Some(status) = clone.try_wait()? {
+            break status;
+        }
+        if t.elapsed() > Duration::from_secs(90) {
+            let _ = clone.kill();
+            return Err(format!("the clone through the outage did not end: {}", relay.summary()).into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(out.success(), "the clone through the outage failed: {}", relay.summary());
+    assert!(relay.counts.silenced.load(Ordering::Relaxed) > 0, "{}", relay.summary());
+    assert!(relay.counts.bytes.load(Ordering::Relaxed) > 4_500_000, "{}", relay.summary());
+    assert_eq!(common::snapshot(&ra)?, common::snapshot(&rb)?);
+    b.ok(&rb, &["fsck", "--read-data"])?;
+    eprintln!(
+        "slow link: clone of 5 MB through a 3 s outage {:.2} s; {}",
+        t.elapsed().as_secs_f64() + 0.8,
+        relay.summary()
+    );
+    drop(relay);
+    drop(server);
+    Ok(())
+}
+
 /// The relay itself: what goes in comes out, later, at most at the rate.
 #[test]
 fn the_relay_delays_limits_and_loses() -> TestResult {
