@@ -1021,3 +1021,33 @@ fn truncated_and_keyless_packs_are_refused() -> TestResult {
     }
     Ok(())
 }
+
+#[test]
+fn a_pack_cut_short_inside_an_object_is_a_corrupt_object_not_garbage() -> TestResult {
+    // Review of 3bb715b: reading into memory not zeroed first must still end
+    // at the pack's end with an error, and never hand back what it did not read.
+    let dir = tempfile::tempdir()?;
+    let store = create(dir.path(), 1)?;
+    let w = store.writer()?;
+    let first = w.put_chunk(&bytes(1, 3000))?;
+    let last = w.put_chunk(&bytes(2, 200_000))?;
+    w.flush()?;
+    drop(w);
+    let loc = store.locate(&last)?.ok_or("stored")?;
+    // The pack holding it: the largest.
+    let mut packs = files_in(&dir.path().join("packs"))?;
+    packs.sort_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0));
+    let path = packs.pop().ok_or("a pack")?;
+    for cut in [loc.offset + 1, loc.offset + u64::from(loc.len) / 2, loc.offset + u64::from(loc.len) - 1] {
+        std::fs::OpenOptions::new().write(true).open(&path)?.set_len(cut)?;
+        let store = dbox_store::Store::open(dir.path(), options())?;
+        match store.get_chunk(&last) {
+            Err(e) => {
+                assert!(format!("{e:?}").contains("the pack ends before the object"), "cut at {cut}: {e:?}")
+            }
+            Ok(_) => panic!("cut at {cut}: an object read past the pack's end"),
+        }
+        assert_eq!(store.get_chunk(&first)?, bytes(1, 3000));
+    }
+    Ok(())
+}
