@@ -1,5 +1,5 @@
-//! Review of 53310bb: a restore or checkout in place warns "folder X was
-//! moved, removed or replaced" only when someone else moved a folder, never
+//! A restore or checkout in place warns "folder X was moved, removed or
+//! replaced" only when someone else moved a folder while it wrote, never
 //! for what the command itself deletes or replaces.
 
 mod common;
