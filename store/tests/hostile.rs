@@ -1024,7 +1024,7 @@ fn truncated_and_keyless_packs_are_refused() -> TestResult {
 
 #[test]
 fn a_pack_cut_short_inside_an_object_is_a_corrupt_object_not_garbage() -> TestResult {
-    // Review of 3bb715b: reading into memory not zeroed first must still end
+    // Objects are read into memory not zeroed first: a read must still end
     // at the pack's end with an error, and never hand back what it did not read.
     let dir = tempfile::tempdir()?;
     let store = create(dir.path(), 1)?;
