@@ -334,7 +334,8 @@ fn remove_tree(dir: &OwnedFd, name: &OsStr, abs: &Path) -> Result<()> {
 fn temp_name() -> Result<OsString> {
     let mut r = [0u8; 8];
     dbox_store::crypto::fill_random(&mut r)?;
-    Ok(OsString::from(format!(".dbox-restore-{}.tmp", hex::encode(r))))
+    use crate::worktree::{TEMP_PREFIX, TEMP_SUFFIX};
+    Ok(OsString::from(format!("{TEMP_PREFIX}{}{TEMP_SUFFIX}", hex::encode(r))))
 }
 
 /// A file being written in a folder, not yet at its place.

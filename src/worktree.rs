@@ -90,13 +90,25 @@ pub struct Scan {
     pub leftovers: Vec<Vec<u8>>,
 }
 
+/// How the name of a temporary entry of a restore or checkout begins; 16
+/// lowercase hex digits and [`TEMP_SUFFIX`] follow.
+pub const TEMP_PREFIX: &str = ".dbox-restore-";
+/// How the name of a temporary entry ends.
+pub const TEMP_SUFFIX: &str = ".tmp";
+
+/// Whether a name looks like that of a temporary entry (never content).
+fn looks_temp(name: &[u8]) -> bool {
+    name.starts_with(TEMP_PREFIX.as_bytes()) && name.ends_with(TEMP_SUFFIX.as_bytes())
+}
+
 /// Whether `name` is exactly the name [`crate::folders`] gives a
-/// temporary entry: `.dbox-restore-`, 16 lowercase hex digits, `.tmp`.
+/// temporary entry: [`TEMP_PREFIX`], 16 lowercase hex digits, [`TEMP_SUFFIX`].
 pub fn is_temp_name(name: &[u8]) -> bool {
-    name.len() == 14 + 16 + 4
-        && name.starts_with(b".dbox-restore-")
-        && name.ends_with(b".tmp")
-        && name[14..30].iter().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+    name.len() == TEMP_PREFIX.len() + 16 + TEMP_SUFFIX.len()
+        && looks_temp(name)
+        && name[TEMP_PREFIX.len()..TEMP_PREFIX.len() + 16]
+            .iter()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
 }
 
 /// The absolute path of a relative tree path.
@@ -185,7 +197,7 @@ fn read_folder(
         }
         rel.extend_from_slice(name);
         // Temporary files of an interrupted restore are never content.
-        if name.starts_with(b".dbox-restore-") && name.ends_with(b".tmp") {
+        if looks_temp(name) {
             if !other_repo && is_temp_name(name) && e.file_type().is_ok_and(|t| !t.is_dir()) {
                 leftovers.push(rel);
             }

@@ -245,16 +245,7 @@ fn sync_over_a_slow_lossy_link_completes() -> TestResult {
     std::thread::sleep(Duration::from_millis(600));
     relay.go_silent(Duration::from_secs(4));
     let t = Instant::now();
-    let out = loop {
-        if let Some(status) = pull.try_wait()? {
-            break status;
-        }
-        if t.elapsed() > Duration::from_secs(90) {
-            let _ = pull.kill();
-            return Err(format!("the pull through the outage did not end: {}", relay.summary()).into());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let out = ended(&mut pull, "the pull through the outage", &relay)?;
     assert!(out.success(), "the pull through the outage failed: {}", relay.summary());
     // The outage fell in the transfer: datagrams were dropped in it, and the
     // pull ended after it.
@@ -301,16 +292,7 @@ fn a_clone_over_a_slow_lossy_link_completes() -> TestResult {
     std::thread::sleep(Duration::from_millis(800));
     relay.go_silent(Duration::from_secs(3));
     let t = Instant::now();
-    let out = loop {
-        if let Some(status) = clone.try_wait()? {
-            break status;
-        }
-        if t.elapsed() > Duration::from_secs(90) {
-            let _ = clone.kill();
-            return Err(format!("the clone through the outage did not end: {}", relay.summary()).into());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let out = ended(&mut clone, "the clone through the outage", &relay)?;
     assert!(out.success(), "the clone through the outage failed: {}", relay.summary());
     assert!(relay.counts.silenced.load(Ordering::Relaxed) > 0, "{}", relay.summary());
     assert!(relay.counts.bytes.load(Ordering::Relaxed) > 4_500_000, "{}", relay.summary());
@@ -324,6 +306,26 @@ fn a_clone_over_a_slow_lossy_link_completes() -> TestResult {
     drop(relay);
     drop(server);
     Ok(())
+}
+
+/// Waits (90 s at most) for `child`, `what` through `relay`; kills it
+/// and fails past that.
+fn ended(
+    child: &mut std::process::Child,
+    what: &str,
+    relay: &Relay,
+) -> Result<std::process::ExitStatus, Box<dyn std::error::Error>> {
+    let t = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        if t.elapsed() > Duration::from_secs(90) {
+            let _ = child.kill();
+            return Err(format!("{what} did not end: {}", relay.summary()).into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// The relay itself: what goes in comes out, later, at most at the rate.

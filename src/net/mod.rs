@@ -95,7 +95,7 @@
 //! thread that read it (the walk's state is shared behind a lock).
 //!
 //! A serving request reads objects up to 4 MiB (or one larger object) and
-//! 16 objects ahead of what the network took, and hands each object's
+//! 256 objects ahead of what the network took, and hands each object's
 //! buffer to the stream as it is, not copied. A session closes by sending
 //! its close and waiting until that datagram went out, not for the QUIC
 //! draining period (three probe timeouts, about 80 ms on loopback): a

@@ -1494,6 +1494,29 @@ struct ArrivedInner {
 /// the processor to each other about 7,500 times in a clone of `mixed`.
 const ROOM_SLACK: usize = 4;
 
+impl ArrivedInner {
+    /// Counts one use of a chunk against the plan: `Some(true)` if uses
+    /// are left, `Some(false)` if that was its last, `None` if there is no
+    /// plan yet or it does not name the chunk.
+    fn use_once(&mut self, id: &ObjectId) -> Option<bool> {
+        let w = self.wanted.as_mut()?;
+        let n = w.get_mut(id)?;
+        if *n > 1 {
+            *n -= 1;
+            return Some(true);
+        }
+        w.remove(id);
+        Some(false)
+    }
+
+    /// Lets a chunk held here go.
+    fn remove(&mut self, id: &ObjectId) -> Option<Vec<u8>> {
+        let b = self.map.remove(id)?;
+        self.bytes -= b.len() + ARRIVED_ENTRY;
+        Some(b)
+    }
+}
+
 /// Whether [`Arrived`] holds a tree.
 pub enum TreeHere {
     /// Here, decoded.
@@ -1729,22 +1752,11 @@ impl Arrived {
     /// last of them.
     pub fn take(&self, id: &ObjectId, wait: Duration) -> Option<Vec<u8>> {
         let mut a = self.await_here(self.inner.lock().ok()?, id, wait)?;
-        let a = &mut *a;
-        if let Some(w) = a.wanted.as_mut() {
-            match w.get_mut(id) {
-                Some(n) if *n > 1 => {
-                    *n -= 1;
-                    return a.map.get(id).cloned();
-                }
-                Some(_) => {
-                    w.remove(id);
-                }
-                None => {}
-            }
+        if a.use_once(id) == Some(true) {
+            return a.map.get(id).cloned();
         }
-        let b = a.map.remove(id)?;
-        a.bytes -= b.len() + ARRIVED_ENTRY;
-        self.made_room(a);
+        let b = a.remove(id)?;
+        self.made_room(&a);
         Some(b)
     }
 
@@ -1754,21 +1766,8 @@ impl Arrived {
     /// when it comes; else it would stay here, taking room, to the end.
     pub fn spent(&self, id: &ObjectId) {
         let Ok(mut a) = self.inner.lock() else { return };
-        let a = &mut *a;
-        let Some(w) = a.wanted.as_mut() else { return };
-        match w.get_mut(id) {
-            Some(n) if *n > 1 => {
-                *n -= 1;
-                return;
-            }
-            Some(_) => {
-                w.remove(id);
-            }
-            None => return,
-        }
-        if let Some(b) = a.map.remove(id) {
-            a.bytes -= b.len() + ARRIVED_ENTRY;
-            self.made_room(a);
+        if a.use_once(id) == Some(false) && a.remove(id).is_some() {
+            self.made_room(&a);
         }
     }
 
